@@ -1,0 +1,101 @@
+"""`python -m core ...`: the engine from the command line.
+
+Progress goes to stderr; the last stdout line of `train` (and of every `--json` command) is one JSON
+object, so scripts and tests can read `tail -n 1`. Exit codes: 0 success, 1 the run failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, TrainConfig
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Transfer Studio engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune a pretrained backbone on a folder of images")
+    train.add_argument("data", nargs="?", help="folder of class subfolders, or with train/ val/ test/")
+    train.add_argument("--config", help="JSON file of TrainConfig fields")
+    train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    train.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    train.add_argument("--resume", metavar="RUN_ID", help="resume a stopped or killed run from its last checkpoint")
+
+    models = sub.add_parser("models", help="list the backbone catalog")
+    models.add_argument("--json", action="store_true")
+    models.add_argument("--check-hub", action="store_true", help="probe the network for hub models")
+
+    runs = sub.add_parser("runs", help="list the runs in a runs directory")
+    runs.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    runs.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "models": _models, "runs": _runs}[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from .catalog import CatalogError
+    from .data import DataError
+    from .runs import resume_run, start_run
+    from .store import RunNotFound
+    from .trackers import ConsoleProgress
+    from .train import TrainingFailed
+
+    try:
+        if args.resume:
+            summary = resume_run(args.resume, args.runs_dir, [ConsoleProgress()])
+        else:
+            if not args.data:
+                print("error: give a DATA folder, or --resume RUN_ID", file=sys.stderr)
+                return 2
+            config = TrainConfig()
+            if args.config:
+                with open(args.config) as f:
+                    config = TrainConfig.from_dict(json.load(f))
+            config = config.with_overrides(args.set).validate()
+            summary = start_run(config, args.data, args.runs_dir, [ConsoleProgress()])
+    except (DataError, CatalogError, RunNotFound, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingFailed as exc:
+        print(json.dumps({"status": "failed", "error": str(exc)}))
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+def _models(args) -> int:
+    from .catalog import list_catalog
+
+    rows = list_catalog(check_hub=args.check_hub)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':46} {'source':12} {'params':>7} {'input':>5} {'top1':>5}  available")
+    for r in rows:
+        top1 = f"{r['imagenet_top1']:.1f}" if r["imagenet_top1"] else "-"
+        print(f"{r['name']:46} {r['source']:12} {r['params_m']:6.1f}M {r['input_size']:5} {top1:>5}  "
+              f"{'yes' if r['available'] else 'no'} ({r['availability']})")
+    return 0
+
+
+def _runs(args) -> int:
+    from .store import RunStore
+
+    runs = RunStore(args.runs_dir).list_runs()
+    if args.json:
+        print(json.dumps([{k: r[k] for k in ("id", "status", "model", "data_source", "summary", "error")}
+                          for r in runs]))
+        return 0
+    for r in runs:
+        acc = r["summary"].get("metrics", {}).get("val_accuracy")
+        print(f"{r['id']}  {r['status']:13} {r['model']:24} val_acc={acc if acc is None else round(acc, 4)}")
+    return 0

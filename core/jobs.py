@@ -1,0 +1,188 @@
+"""The process-wide job manager: background training threads, and snapshots of them that pages poll.
+
+One named daemon thread per job. The manager is the only consumer of a job's events; it folds them into
+a lock-protected state and hands out immutable snapshots, safe to read from any thread. A job's state
+also goes to the run store (through the trainer's store tracker), so a restart loses nothing committed.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .config import TrainConfig
+from .data import SplitData
+from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, RunStarted, StageChanged, Validated
+from .runs import create_run, execute_run, load_data, run_inputs
+from .store import RunStore
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    run_id: str
+    status: str  # queued, running, stopping, completed, early_stopped, stopped, failed
+    epoch: int = 0
+    total_epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    progress: float = 0.0  # 0..1
+    eta_seconds: float | None = None
+    stage: int = 0
+    stage_message: str = ""
+    images_per_s: float = 0.0
+    device: str = ""
+    baseline: dict[str, float] = field(default_factory=dict)
+    epochs: tuple[dict[str, Any], ...] = ()  # per-epoch metrics
+    steps: tuple[dict[str, Any], ...] = ()  # per-step loss and lrs (thinned for long runs)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    error_traceback: str = ""
+    started: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("queued", "running", "stopping")
+
+
+class _Job:
+    def __init__(self, run_id: str):
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.snapshot = JobSnapshot(run_id, "queued", started=time.time())
+        self.thread: threading.Thread | None = None
+
+
+MAX_STEP_POINTS = 2000
+
+
+class JobManager:
+    def __init__(self, runs_dir: str):
+        self.store = RunStore(runs_dir)
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+
+    # --- control
+    def start(self, config: TrainConfig, data: SplitData | str) -> str:
+        """Record a run and train it on a background thread; returns the run id at once."""
+        config = config.validate()
+        data = load_data(data, config) if isinstance(data, str) else data
+        run_id = create_run(self.store, config, data)
+        self._launch(run_id, config, data, resume=False)
+        return run_id
+
+    def resume(self, run_id: str) -> str:
+        if self.is_active(run_id):
+            raise RuntimeError(f"run {run_id} is already running")
+        config, data = run_inputs(self.store, run_id)
+        self._launch(run_id, config, data, resume=True)
+        return run_id
+
+    def stop(self, run_id: str, timeout: float | None = None) -> None:
+        job = self._jobs.get(run_id)
+        if job is None:
+            return
+        job.stop.set()
+        with job.lock:
+            if job.snapshot.active:
+                job.snapshot = replace(job.snapshot, status="stopping")
+        if timeout is not None and job.thread is not None:
+            job.thread.join(timeout)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> JobSnapshot:
+        job = self._jobs[run_id]
+        if job.thread is not None:
+            job.thread.join(timeout)
+        return self.snapshot(run_id)
+
+    # --- reading
+    def snapshot(self, run_id: str) -> JobSnapshot:
+        job = self._jobs.get(run_id)
+        if job is not None:
+            with job.lock:
+                return job.snapshot
+        return self._from_store(run_id)
+
+    def is_active(self, run_id: str) -> bool:
+        job = self._jobs.get(run_id)
+        return job is not None and job.snapshot.active
+
+    def active_jobs(self) -> list[JobSnapshot]:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        snaps = []
+        for job in jobs:
+            with job.lock:
+                if job.snapshot.active:
+                    snaps.append(job.snapshot)
+        return snaps
+
+    # --- internals
+    def _launch(self, run_id: str, config: TrainConfig, data: SplitData, resume: bool) -> None:
+        job = _Job(run_id)
+        if resume:
+            previous = self._from_store(run_id)
+            job.snapshot = replace(previous, status="queued", error="", error_traceback="", summary={})
+        with self._lock:
+            self._jobs[run_id] = job
+
+        def work() -> None:
+            try:
+                execute_run(self.store, run_id, config, data, [lambda e: self._on_event(job, e)],
+                            job.stop.is_set, resume=resume)
+            except Exception as exc:  # the trainer already emitted Failed; this catches failures before it
+                with job.lock:
+                    if job.snapshot.status != "failed":
+                        job.snapshot = replace(job.snapshot, status="failed", error=str(exc),
+                                               error_traceback=traceback.format_exc())
+                        self.store.update_run(run_id, status="failed", error=str(exc))
+
+        job.thread = threading.Thread(target=work, name=f"train-{run_id}", daemon=True)
+        job.thread.start()
+
+    def _on_event(self, job: _Job, event: Event) -> None:
+        with job.lock:
+            s = job.snapshot
+            if isinstance(event, RunStarted):
+                s = replace(s, status="stopping" if job.stop.is_set() else "running", device=event.device,
+                            total_epochs=event.total_epochs,
+                            total_steps=event.total_epochs * event.steps_per_epoch, started=time.time())
+            elif isinstance(event, BaselineDone):
+                s = replace(s, baseline=dict(event.metrics))
+            elif isinstance(event, BatchEnd):
+                steps = s.steps + ({"step": event.step, "epoch": event.epoch, "loss": event.loss,
+                                    **{f"lr_{k}": v for k, v in event.lrs.items()}},)
+                if len(steps) > MAX_STEP_POINTS:  # keep every other point: bounded memory, whole curve
+                    steps = steps[::2]
+                progress = min(1.0, event.step / s.total_steps) if s.total_steps else 0.0
+                elapsed = time.time() - s.started
+                eta = elapsed * (1 - progress) / progress if progress > 0 else None
+                s = replace(s, step=event.step, epoch=event.epoch, steps=steps, progress=progress,
+                            eta_seconds=eta, images_per_s=event.images_per_s)
+            elif isinstance(event, Validated):
+                s = replace(s, steps=s.steps + ({"step": event.step, "epoch": event.epoch, **event.metrics},))
+            elif isinstance(event, EpochEnd):
+                s = replace(s, epoch=event.epoch, epochs=s.epochs + ({"epoch": event.epoch, **event.metrics},))
+            elif isinstance(event, StageChanged):
+                s = replace(s, stage=event.stage, stage_message=event.message)
+            elif isinstance(event, Finished):
+                s = replace(s, status=event.status, summary=dict(event.summary), progress=1.0, eta_seconds=0.0)
+            elif isinstance(event, Failed):
+                s = replace(s, status="failed", error=event.message, error_traceback=event.traceback)
+            job.snapshot = s
+
+    def _from_store(self, run_id: str) -> JobSnapshot:
+        """A snapshot rebuilt from the run store: for runs of an earlier process, or before any event."""
+        run = self.store.get_run(run_id)
+        epochs = tuple(self.store.metrics(run_id, "epoch"))
+        steps = tuple(self.store.metrics(run_id, "step"))
+        baseline = self.store.metrics(run_id, "baseline")
+        status = run["status"]
+        if status in ("queued", "running") and run_id not in self._jobs:
+            status = "interrupted"  # the process that ran it is gone: resume it from its last checkpoint
+        return JobSnapshot(run_id, status, epoch=len(epochs), step=steps[-1]["step"] if steps else 0,
+                           epochs=epochs, steps=steps, summary=run["summary"], error=run["error"] or "",
+                           baseline={k: v for k, v in (baseline[0] if baseline else {}).items()
+                                     if k not in ("epoch", "step", "time")},
+                           progress=1.0 if status in ("completed", "early_stopped") else 0.0)

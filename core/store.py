@@ -1,0 +1,116 @@
+"""The run store: one SQLite database (WAL, busy timeout) and one folder per run under a runs directory.
+
+runs.db holds runs (config, status, summary, error), per-step and per-epoch metrics. Each run's folder
+holds its checkpoints. A connection is opened per call, so any thread may use the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, created REAL, updated REAL, status TEXT, name TEXT, model TEXT,
+    data_source TEXT, dataset_id TEXT, config TEXT, data TEXT, summary TEXT, error TEXT,
+    best_checkpoint TEXT);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT, scope TEXT, epoch INTEGER, step INTEGER, time REAL, values_json TEXT);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, scope, step);
+"""
+
+ACTIVE = ("queued", "running")
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class RunStore:
+    def __init__(self, runs_dir: str):
+        self.runs_dir = os.path.abspath(runs_dir)
+        os.makedirs(self.runs_dir, exist_ok=True)
+        self.db_path = os.path.join(self.runs_dir, "runs.db")
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.row_factory = sqlite3.Row
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def run_dir(self, run_id: str) -> str:
+        return os.path.join(self.runs_dir, run_id)
+
+    # --- runs
+    def create_run(self, config: dict[str, Any], data: dict[str, Any], name: str = "") -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        os.makedirs(self.run_dir(run_id), exist_ok=True)
+        now = time.time()
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO runs (id, created, updated, status, name, model, data_source, dataset_id, config,"
+                       " data) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (run_id, now, now, "queued", name or run_id, config.get("model", ""), data.get("source", ""),
+                        data.get("dataset_id", ""), json.dumps(config), json.dumps(data)))
+        return run_id
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        allowed = {"status", "summary", "error", "best_checkpoint", "data", "dataset_id"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"cannot update {bad}")
+        values = {k: json.dumps(v) if k in ("summary", "data") else v for k, v in fields.items()}
+        values["updated"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in values)
+        with self._lock, self._connect() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*values.values(), run_id))
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run {run_id!r} in {self.runs_dir}; `python -m core runs` lists them")
+        return _row(row)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+        return [_row(r) for r in rows]
+
+    # --- metrics
+    def log_metrics(self, run_id: str, scope: str, epoch: int, step: int, values: dict[str, Any]) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
+                       (run_id, scope, epoch, step, time.time(), json.dumps(values)))
+
+    def truncate_metrics(self, run_id: str, after_step: int) -> None:
+        """Drop metrics logged after a checkpoint, before a resume repeats those steps."""
+        with self._lock, self._connect() as db:
+            db.execute("DELETE FROM metrics WHERE run_id=? AND step>? AND scope!='baseline'", (run_id, after_step))
+
+    def metrics(self, run_id: str, scope: str) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT epoch, step, time, values_json FROM metrics WHERE run_id=? AND scope=? "
+                              "ORDER BY step, time", (run_id, scope)).fetchall()
+        return [{"epoch": r["epoch"], "step": r["step"], "time": r["time"], **json.loads(r["values_json"])}
+                for r in rows]
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    for key in ("config", "data", "summary"):
+        d[key] = json.loads(d[key]) if d.get(key) else {}
+    return d

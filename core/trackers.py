@@ -1,0 +1,138 @@
+"""Listeners on the training loop's events: the run store (always), console progress, wandb, TensorBoard.
+
+wandb and TensorBoard are imported only when a run asks for them. The wandb API key is read by wandb
+itself from the environment (WANDB_API_KEY) and never passes through a config, a log or an export.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, RunStarted, StageChanged, Validated
+from .store import RunStore
+
+
+class StoreTracker:
+    """Writes status and metrics to the run store; per-step metrics are buffered and flushed each second."""
+
+    def __init__(self, store: RunStore, flush_seconds: float = 1.0):
+        self.store, self.flush_seconds = store, flush_seconds
+        self.buffer: list[tuple] = []
+        self.last_flush = time.time()
+
+    def __call__(self, event: Event) -> None:
+        s = self.store
+        if isinstance(event, RunStarted):
+            s.update_run(event.run_id, status="running", error=None)
+            if event.resumed_at_step is not None:  # steps after the checkpoint are about to be redone
+                s.truncate_metrics(event.run_id, event.resumed_at_step)
+        elif isinstance(event, BaselineDone):
+            s.log_metrics(event.run_id, "baseline", 0, 0, event.metrics)
+        elif isinstance(event, BatchEnd):
+            self.buffer.append((event.epoch, event.step, {"loss": event.loss, "images_per_s": event.images_per_s,
+                                                          **{f"lr_{k}": v for k, v in event.lrs.items()}}))
+            if time.time() - self.last_flush >= self.flush_seconds:
+                self.flush(event.run_id)
+        elif isinstance(event, Validated):
+            self.flush(event.run_id)
+            s.log_metrics(event.run_id, "val", event.epoch, event.step, event.metrics)
+        elif isinstance(event, EpochEnd):
+            self.flush(event.run_id)
+            s.log_metrics(event.run_id, "epoch", event.epoch, event.step, event.metrics)
+            if event.improved:
+                s.update_run(event.run_id, best_checkpoint=event.checkpoint)
+        elif isinstance(event, StageChanged):
+            s.log_metrics(event.run_id, "stage", event.stage, 0, {"frozen_groups": event.frozen_groups,
+                                                                 "reverted": event.reverted, "message": event.message})
+        elif isinstance(event, Finished):
+            self.flush(event.run_id)
+            s.update_run(event.run_id, status=event.status, summary=event.summary,
+                         best_checkpoint=event.summary.get("best_checkpoint"))
+        elif isinstance(event, Failed):
+            self.flush(event.run_id)
+            s.update_run(event.run_id, status="failed", error=event.message)
+
+    def flush(self, run_id: str) -> None:
+        for epoch, step, values in self.buffer:
+            self.store.log_metrics(run_id, "step", epoch, step, values)
+        self.buffer.clear()
+        self.last_flush = time.time()
+
+
+class ConsoleProgress:
+    """One updating line per epoch on stderr, for the CLI."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        w = self.stream.write
+        if isinstance(event, RunStarted):
+            w(f"run {event.run_id} on {event.device}: {event.data['train']} train / {event.data['val']} val / "
+              f"{event.data['test']} test images, {len(event.data['classes'])} classes, "
+              f"{event.frozen_groups}/{event.layer_groups} layer groups frozen\n")
+        elif isinstance(event, BaselineDone):
+            w("baseline (frozen features + linear probe): " + _fmt(event.metrics) + "\n")
+        elif isinstance(event, BatchEnd):
+            w(f"\repoch {event.epoch + 1} batch {event.batch + 1}/{event.batches} loss {event.loss:.4f} "
+              f"{event.images_per_s:.0f} img/s")
+        elif isinstance(event, EpochEnd):
+            keys = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_seconds")
+            w(f"\repoch {event.epoch}: " + _fmt({k: event.metrics[k] for k in keys if k in event.metrics})
+              + (" *" if event.improved else "") + "\n")
+        elif isinstance(event, StageChanged):
+            w(event.message + "\n")
+        elif isinstance(event, Finished):
+            w(f"{event.status}: " + _fmt(event.summary["metrics"]) + "\n")
+        elif isinstance(event, Failed):
+            w(f"\nfailed: {event.message}\n")
+        self.stream.flush()
+
+
+class WandbTracker:
+    """Weights & Biases, offline unless the environment carries WANDB_API_KEY (then online)."""
+
+    def __init__(self, project: str, run_dir: str):
+        import wandb  # lazy: only runs that ask for wandb pay for the import
+
+        self.wandb, self.project, self.run_dir, self.run = wandb, project, run_dir, None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            self.run = self.wandb.init(project=self.project, name=event.run_id, id=event.run_id, resume="allow",
+                                       config={**event.config, "data": event.data}, dir=self.run_dir, mode=mode)
+        elif self.run is None:
+            return
+        elif isinstance(event, BaselineDone):
+            self.run.summary.update({f"baseline/{k}": v for k, v in event.metrics.items()})
+        elif isinstance(event, BatchEnd):
+            self.run.log({"train/loss": event.loss, **{f"lr/{k}": v for k, v in event.lrs.items()}}, step=event.step)
+        elif isinstance(event, (EpochEnd, Validated)):
+            self.run.log(dict(event.metrics), step=event.step)
+        elif isinstance(event, (Finished, Failed)):
+            if isinstance(event, Finished):
+                self.run.summary.update(event.summary["metrics"])
+            self.run.finish(exit_code=0 if isinstance(event, Finished) else 1)
+            self.run = None
+
+
+class TensorBoardTracker:
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter  # lazy: needs the tensorboard package
+
+        self.writer = SummaryWriter(log_dir)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BatchEnd):
+            self.writer.add_scalar("train/loss", event.loss, event.step)
+        elif isinstance(event, (EpochEnd, Validated)):
+            for k, v in event.metrics.items():
+                self.writer.add_scalar(k.replace("_", "/", 1), v, event.step)
+        elif isinstance(event, (Finished, Failed)):
+            self.writer.close()
+
+
+def _fmt(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

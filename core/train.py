@@ -1,0 +1,395 @@
+"""The training loop. It reads top to bottom: set up, baseline, then stages of epochs of batches.
+
+It knows nothing of the UI: everything it has to say goes out as events through one dispatcher, and the
+only way in is `should_stop`, checked at batch boundaries. Checkpoints are written at each epoch's end
+(the full state for resuming) and whenever validation loss improves (the best model).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .augment import augment_batch
+from .backbones import load_backbone
+from .checkpoint import load_train_state, rng_state, save_model, save_train_state, set_rng_state
+from .config import TrainConfig
+from .data import BatchSource, SplitData, cache_bytes, memory_budget
+from .events import BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finished, RunStarted, StageChanged, \
+    Validated
+from .losses import make_loss
+from .metrics import classification_metrics
+from .model import TransferModel
+from .probe import linear_probe
+from .schedules import make_scheduler
+
+COMPILE_MIN_STEPS = 1500  # below this, torch.compile's 16-40 s warm-up costs more than it saves
+
+
+class TrainingFailed(RuntimeError):
+    """The run cannot go on (NaN loss, out of memory, ...); the message says why and what to try."""
+
+
+# ------------------------------------------------------------------------------------ small helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingFailed("device=cuda was asked for but no CUDA GPU is visible; use device=auto or cpu")
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 where the device computes it natively, fp16 on older GPUs, else None."""
+    if mode == "off" or device.type == "mps":
+        return None
+    if device.type == "cuda":
+        if mode in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if mode == "fp16":
+        raise TrainingFailed("amp=fp16 needs a CUDA GPU; on the CPU use amp=bf16 or amp=off")
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if (mode == "bf16" or (mode == "auto" and native)) else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def stage_frozen_counts(initial_frozen: int, stages: int) -> list[int]:
+    """Frozen-group count per stage: stage 0 as configured, each later stage unfreezing an equal share."""
+    if stages == 0 or initial_frozen == 0:
+        return [initial_frozen]
+    share = math.ceil(initial_frozen / stages)
+    return [max(0, initial_frozen - k * share) for k in range(stages + 1)]
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to resume; saved at every epoch end."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    stage: int = 0
+    epoch_in_stage: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    stage_start_loss: float = math.inf
+    bad_epochs: int = 0
+    baseline: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ the run
+class Trainer:
+    def __init__(self, run_id: str, config: TrainConfig, data: SplitData, run_dir: str, dispatcher: Dispatcher,
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.run_id, self.config, self.data, self.run_dir = run_id, config.validate(), data, run_dir
+        self.dispatcher, self.should_stop = dispatcher, should_stop
+        self.ckpt_dir = os.path.join(run_dir, "checkpoints")
+        self.best_path = os.path.join(self.ckpt_dir, "best.safetensors")
+        self.state_path = os.path.join(self.ckpt_dir, "last_state.pt")
+        self.stage_path = os.path.join(self.ckpt_dir, "stage_start.safetensors")
+
+    def emit(self, event) -> None:
+        self.dispatcher.emit(event)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end; returns the summary. Failures are emitted as `Failed` and re-raised."""
+        try:
+            return self._run(resume)
+        except Exception as exc:
+            message = _explain(exc)
+            self.emit(Failed(self.run_id, message, traceback.format_exc()))
+            raise TrainingFailed(message) from exc
+
+    def _run(self, resume: bool) -> dict[str, Any]:
+        cfg, data = self.config, self.data
+        started = time.time()
+        # 1. model, device, data cache
+        seed_everything(cfg.seed)
+        device = resolve_device(cfg.device)
+        self.device, self.amp = device, resolve_amp(cfg.amp, device)
+        backbone = load_backbone(cfg.model, cfg.checkpoint_path)
+        self.pre = backbone.preprocess.with_input_size(cfg.image_size)
+        model = TransferModel(backbone, len(data.classes), cfg.adapter_layers, cfg.adapter_dim, cfg.dropout,
+                              cfg.bn_stats)
+        initial_frozen = model.freeze_ratio(cfg.freeze_ratio)
+        self.stage_counts = stage_frozen_counts(initial_frozen, cfg.unfreeze_stages)
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model, self.backbone = model, backbone
+        total = len(data.train) + len(data.val) + len(data.test)
+        cached = cache_bytes(total, self.pre) <= memory_budget(device, cfg.max_cache_gb)
+        bs = cfg.batch_size
+        self.train_src = BatchSource(data.train, self.pre, device, bs, cached, cfg.num_workers)
+        self.val_src = BatchSource(data.val, self.pre, device, bs * 2, cached, cfg.num_workers)
+        self.test_src = BatchSource(data.test, self.pre, device, bs * 2, cached, cfg.num_workers)
+        self.loss_fn = make_loss(cfg.loss, data.class_counts(), cfg.label_smoothing, cfg.focal_gamma).to(device)
+        self.eval_loss = torch.nn.CrossEntropyLoss()  # comparable across runs whatever the training loss
+        self.steps_per_epoch = self.train_src.num_batches(drop_last=True)
+        total_epochs = cfg.epochs + cfg.unfreeze_stages * cfg.stage_epochs
+        saved = load_train_state(self.state_path) if resume and os.path.exists(self.state_path) else None
+        self.emit(RunStarted(self.run_id, cfg.to_dict(), data.describe(), _device_name(device), total_epochs,
+                             self.steps_per_epoch, len(model.groups), initial_frozen,
+                             saved["loop"]["step"] if saved else None))
+
+        # 2. baseline (frozen features + linear probe), which also gives the head its start
+        state = LoopState()
+        if saved is None:
+            baseline, weight, bias = linear_probe(model, self.train_src, self.val_src, self.test_src,
+                                                  len(data.classes), self.amp, cfg.seed)
+            state.baseline = baseline
+            self.emit(BaselineDone(self.run_id, baseline))
+            if cfg.head_init == "linear_probe":
+                with torch.no_grad():
+                    model.head.weight.copy_(weight.to(device))
+                    model.head.bias.copy_(bias.to(device))
+        self.forward = _maybe_compile(model, cfg, device, self.steps_per_epoch * total_epochs)
+
+        # 3. stages of epochs; a stage ends at its epoch budget or by early stopping
+        self._start_stage(state.stage, restoring=saved is not None)
+        if saved is not None:
+            state = self._restore(saved)
+        status = "completed"
+        while True:
+            stage_epochs = cfg.epochs if state.stage == 0 else cfg.stage_epochs
+            while state.epoch_in_stage < stage_epochs:
+                if not self._train_epoch(state):
+                    status = "stopped"
+                    break
+                if cfg.early_stopping_patience and state.bad_epochs >= cfg.early_stopping_patience:
+                    status = "early_stopped"
+                    break
+            if status == "stopped" or not self._next_stage(state):
+                break
+            if status == "early_stopped":
+                status = "completed"
+
+        # 4. final evaluation of the best model
+        return self._finish(state, status, time.time() - started)
+
+    # --- stages ------------------------------------------------------------------------------------
+    def _start_stage(self, stage: int, restoring: bool = False) -> None:
+        """Freeze to the stage's count and build its optimizer and schedules (stage k>0 at lr/10)."""
+        cfg, model = self.config, self.model
+        model.freeze_groups(self.stage_counts[stage])
+        lr = cfg.lr if stage == 0 else cfg.lr / 10
+        groups = model.param_groups(lr, cfg.lr_decay)
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                             nesterov=True)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+        epochs = cfg.epochs if stage == 0 else cfg.stage_epochs
+        self.per_step, self.plateau = make_scheduler(self.optimizer, cfg.schedule, epochs * self.steps_per_epoch,
+                                                     self.steps_per_epoch, cfg.warmup_epochs, cfg.step_epochs,
+                                                     cfg.plateau_patience)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        if stage > 0 and not restoring:
+            save_model(model, self.stage_path, self._meta({}))
+
+    def _next_stage(self, state: LoopState) -> bool:
+        """Close the current stage: revert it if validation got worse, else unfreeze the next share."""
+        if state.stage > 0 and not state.best_val_loss < state.stage_start_loss:
+            self._load_weights(self.stage_path)
+            self.model.freeze_groups(self.stage_counts[state.stage - 1])
+            self.emit(StageChanged(self.run_id, state.stage, self.stage_counts[state.stage - 1], True,
+                                   f"stage {state.stage} did not improve validation loss; reverted to its start"))
+            return False
+        if state.stage + 1 >= len(self.stage_counts):
+            return False
+        if os.path.exists(self.best_path):  # each stage starts from the best weights so far
+            self._load_weights(self.best_path)
+        state.stage, state.epoch_in_stage, state.bad_epochs = state.stage + 1, 0, 0
+        state.stage_start_loss = state.best_val_loss
+        self._start_stage(state.stage)
+        self.emit(StageChanged(self.run_id, state.stage, self.stage_counts[state.stage], False,
+                               f"stage {state.stage}: {len(self.model.groups) - self.stage_counts[state.stage]} of "
+                               f"{len(self.model.groups)} layer groups trainable, at lr/10"))
+        self._save_state(state)
+        return True
+
+    # --- one epoch ---------------------------------------------------------------------------------
+    def _train_epoch(self, state: LoopState) -> bool:
+        """Train one epoch, validate, checkpoint. False when a stop was asked for mid-epoch."""
+        cfg, model, device = self.config, self.model, self.device
+        epoch_start = time.time()
+        model.train()
+        order = torch.randperm(len(self.train_src), generator=torch.Generator().manual_seed(cfg.seed * 7919 + state.epoch))
+        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + state.epoch)
+        losses, correct, seen, preds, labels = [], 0, 0, [], []
+        t0 = time.time()
+        for b, (images, y) in enumerate(self.train_src.batches(order, drop_last=True)):
+            if self.should_stop():
+                return False
+            x = augment_batch(images, cfg.augment, self.pre, aug_gen)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                logits = self.forward(x)
+            loss = self.loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingFailed(
+                    f"the loss became {loss.item()} at epoch {state.epoch + 1}, batch {b + 1}; training stopped "
+                    f"and the best checkpoint was kept. Lower the learning rate (now {cfg.lr:g}) or check the data.")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.per_step is not None:
+                self.per_step.step()
+            state.step += 1
+            losses.append(loss.detach())
+            preds.append(logits.detach().argmax(1))
+            labels.append(y)
+            seen += len(y)
+            self.emit(BatchEnd(self.run_id, state.epoch, state.step, b, self.steps_per_epoch, float(loss.detach()),
+                               self._lrs(), seen / max(1e-9, time.time() - t0)))
+            if cfg.val_every_batches and state.step % cfg.val_every_batches == 0:
+                self.emit(Validated(self.run_id, state.epoch, state.step, self._evaluate(self.val_src, "val_")))
+                model.train()
+        # validation, schedules, checkpoints
+        y_true = torch.cat(labels).cpu().numpy() if labels else np.zeros(0)
+        y_pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0)
+        metrics = {"train_loss": float(torch.stack(losses).mean()) if losses else math.nan,
+                   **classification_metrics(y_true, y_pred, len(self.data.classes), "train_"),
+                   **self._evaluate(self.val_src, "val_")}
+        val_loss = metrics["val_loss"]
+        if not math.isfinite(val_loss):
+            raise TrainingFailed(f"the validation loss became {val_loss} at epoch {state.epoch + 1}; the weights "
+                                 "diverged. The best checkpoint was kept. Lower the learning rate.")
+        if self.plateau is not None:
+            self.plateau.step(val_loss)
+        metrics.update({f"lr_{k}": v for k, v in self._lrs().items()})
+        metrics["epoch_seconds"] = time.time() - epoch_start
+        metrics["stage"] = state.stage
+        improved = val_loss < state.best_val_loss - 1e-6
+        state.epoch += 1
+        state.epoch_in_stage += 1
+        if improved:
+            state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
+            save_model(model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
+        else:
+            state.bad_epochs += 1
+        state.history.append({"epoch": state.epoch, **metrics})
+        self._save_state(state)
+        self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, improved, self.best_path))
+        return True
+
+    @torch.inference_mode()
+    def _evaluate(self, source: BatchSource, prefix: str) -> dict[str, float]:
+        self.model.eval()
+        total_loss, preds, labels = 0.0, [], []
+        for images, y in source.batches():
+            x = self.pre.eval_input(images)
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                logits = self.model(x).float()
+            total_loss += float(self.eval_loss(logits, y)) * len(y)
+            preds.append(logits.argmax(1).cpu())
+            labels.append(y.cpu())
+        if not labels:
+            return {}
+        y_true, y_pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
+        return {f"{prefix}loss": total_loss / len(y_true),
+                **classification_metrics(y_true, y_pred, len(self.data.classes), prefix)}
+
+    # --- state, checkpoints, the end ---------------------------------------------------------------
+    def _lrs(self) -> dict[str, float]:
+        return {g["name"]: g["lr"] for g in self.optimizer.param_groups}
+
+    def _meta(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"run_id": self.run_id, "architecture_name": self.backbone.entry.name,
+                "architecture": self.backbone.entry.architecture, "weights_source": self.backbone.weights_source,
+                "classes": list(self.data.classes), "preprocess": self.pre.to_dict(),
+                "config": self.config.to_dict(), "data": self.data.describe(), **extra}
+
+    def _save_state(self, state: LoopState) -> None:
+        save_train_state(self.state_path, {
+            "loop": {k: v for k, v in state.__dict__.items()},
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "per_step": self.per_step.state_dict() if self.per_step else {},
+            "plateau": self.plateau.state_dict() if self.plateau else {},
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+        })
+
+    def _restore(self, saved: dict[str, Any]) -> LoopState:
+        state = LoopState(**saved["loop"])
+        if state.stage:
+            self._start_stage(state.stage, restoring=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.per_step is not None and saved["per_step"]:
+            self.per_step.load_state_dict(saved["per_step"])
+        if self.plateau is not None and saved["plateau"]:
+            self.plateau.load_state_dict(saved["plateau"])
+        self.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        return state
+
+    def _load_weights(self, path: str) -> None:
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(path, device=str(self.device)))
+
+    def _finish(self, state: LoopState, status: str, seconds: float) -> dict[str, Any]:
+        if os.path.exists(self.best_path):
+            self._load_weights(self.best_path)
+        metrics = {**self._evaluate(self.val_src, "val_"), **self._evaluate(self.test_src, "test_")}
+        summary = {"run_id": self.run_id, "status": status,
+                   "best_checkpoint": self.best_path if os.path.exists(self.best_path) else None,
+                   "best_epoch": state.best_epoch, "epochs_run": state.epoch, "steps": state.step,
+                   "stage": state.stage, "metrics": metrics, "baseline": state.baseline,
+                   "device": _device_name(self.device), "seconds": round(seconds, 2),
+                   "cached": self.train_src.images is not None}
+        if status != "stopped" and summary["best_checkpoint"]:
+            save_model(self.model, self.best_path, self._meta({"epoch": state.best_epoch, **metrics}))
+        self.emit(Finished(self.run_id, status, summary))
+        return summary
+
+
+def _pick(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _maybe_compile(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int):
+    wanted = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"
+                                      and total_steps >= COMPILE_MIN_STEPS)
+    return torch.compile(model) if wanted else model
+
+
+def _explain(exc: BaseException) -> str:
+    """A message a person can act on, for the failures people actually meet."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return ("the GPU ran out of memory. Lower batch_size, raise freeze_ratio, or set image_size smaller. "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):
+        return f"could not read {exc.filename}: {exc.strerror or exc}. Remove or replace the file and resume."
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return f"an image could not be decoded ({exc}). Run `python -m core audit` on the data and fix the file."
+    return str(exc) or type(exc).__name__

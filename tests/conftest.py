@@ -1,0 +1,50 @@
+"""Shared fixtures: scikit-learn's digits exported as small PNG class folders, and a tiny, fast config."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from core.config import AugmentSpec, TrainConfig  # noqa: E402
+
+
+def export_digits(root: str, per_class: int | None = None, size: int = 24) -> str:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts: dict[int, int] = {}
+    for i, (img, y) in enumerate(zip(digits.images, digits.target)):
+        if per_class is not None and counts.get(int(y), 0) >= per_class:
+            continue
+        counts[int(y)] = counts.get(int(y), 0) + 1
+        folder = os.path.join(root, str(y))
+        os.makedirs(folder, exist_ok=True)
+        pixels = (img / 16 * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST).convert("RGB").save(
+            os.path.join(folder, f"{i:04d}.png"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> str:
+    """All 1,797 digits (10 classes) as 24 px PNGs."""
+    return export_digits(str(tmp_path_factory.mktemp("digits")))
+
+
+@pytest.fixture(scope="session")
+def small_digits_dir(tmp_path_factory) -> str:
+    """30 digits per class: for runs that only need to work, not to learn much."""
+    return export_digits(str(tmp_path_factory.mktemp("digits_small")), per_class=30)
+
+
+@pytest.fixture
+def tiny_config() -> TrainConfig:
+    """Small images and a short run: seconds on two CPU cores."""
+    return TrainConfig(image_size=32, epochs=2, batch_size=32, augment=AugmentSpec(hflip=False),
+                       early_stopping_patience=0)

@@ -1,0 +1,71 @@
+import threading
+import time
+
+from core.jobs import JobManager
+
+
+def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_digits_dir, tiny_config, tmp_path):
+    manager = JobManager(str(tmp_path))
+    run_id = manager.start(tiny_config.replace(epochs=2, val_every_batches=3), small_digits_dir)
+    seen: dict[str, list] = {"a": [], "b": []}
+    errors = []
+
+    def poll(name: str) -> None:
+        try:
+            while True:
+                snap = manager.snapshot(run_id)
+                seen[name].append((snap.step, len(snap.epochs), snap.status))
+                if not snap.active:
+                    return
+                time.sleep(0.01)
+        except Exception as exc:  # surfaces in the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll, args=(n,)) for n in seen]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not errors
+    for trace in seen.values():
+        steps = [s for s, _, _ in trace]
+        assert steps == sorted(steps), "a snapshot went backwards"
+        assert trace[-1][2] == "completed" and trace[-1][1] == 2
+    final = manager.snapshot(run_id)
+    assert final.progress == 1.0 and final.summary["run_id"] == run_id
+    assert final.baseline and final.epochs[-1]["val_accuracy"] > 0
+    assert any("val_accuracy" in s for s in final.steps)  # mid-epoch validation points
+    # a second manager (a restarted process) sees the same run from the store
+    again = JobManager(str(tmp_path)).snapshot(run_id)
+    assert again.status == "completed" and len(again.epochs) == 2
+
+
+def test_stop_is_cooperative_and_the_run_can_be_resumed(small_digits_dir, tiny_config, tmp_path):
+    manager = JobManager(str(tmp_path))
+    run_id = manager.start(tiny_config.replace(epochs=20), small_digits_dir)
+    deadline = time.time() + 120
+    while len(manager.snapshot(run_id).epochs) < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    manager.stop(run_id, timeout=60)
+    snap = manager.snapshot(run_id)
+    assert snap.status == "stopped" and 1 <= len(snap.epochs) < 20
+    manager.resume(run_id)
+    while len(manager.snapshot(run_id).epochs) <= len(snap.epochs) and time.time() < deadline + 60:
+        time.sleep(0.05)
+    manager.stop(run_id, timeout=60)
+    assert len(manager.snapshot(run_id).epochs) > len(snap.epochs)
+
+
+def test_a_crashing_job_shows_its_error(tmp_path, tiny_config):
+    bad = tmp_path / "data"
+    for cls in ("a", "b"):
+        (bad / cls).mkdir(parents=True)
+        for i in range(4):
+            (bad / cls / f"{i}.png").write_bytes(b"this is not a png")
+    manager = JobManager(str(tmp_path / "runs"))
+    run_id = manager.start(tiny_config, str(bad))
+    snap = manager.wait(run_id, timeout=120)
+    assert snap.status == "failed"
+    assert "could not be decoded" in snap.error or "cannot identify" in snap.error
+    assert "Traceback" in snap.error_traceback
+    assert manager.store.get_run(run_id)["status"] == "failed"
