@@ -1,0 +1,433 @@
+"""core.ingest: layouts, safe extraction, limits, refusals, the content-addressed store, load_rgb."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import ingest as ingest_mod
+from core.ingest import (Dataset, ImageError, IngestError, IngestLimits, demo_dataset, ingest,
+                         list_datasets, load_dataset, load_rgb, safe_relative_path)
+
+
+def png_bytes(seed: int, size: int = 16, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_tree(root: Path, layout: dict[str, int], seed: int = 0) -> None:
+    """layout: {"cat": 3, "train/dog": 2} -> that many distinct PNGs in each folder."""
+    for folder, n in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            seed += 1
+            (root / folder / f"{i}.png").write_bytes(png_bytes(seed))
+
+
+def snapshot(folder: Path, exclude: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if Path(dirpath) == exclude or exclude in Path(dirpath).parents:
+            continue
+        out.update(p for n in dirnames + filenames if Path(p := os.path.join(dirpath, n)) != exclude)
+    return out
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid-looking PNG whose header declares width x height (a pixel bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+def test_class_folders_are_ingested_stored_and_reloaded(tmp_path):
+    make_tree(tmp_path / "data", {"cat": 3, "dog": 2})
+    ds = ingest(tmp_path / "data", tmp_path / "ws")
+    assert ds.layout == "classes" and ds.labels == ("cat", "dog")
+    assert [s.path for s in ds.samples] == ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png"]
+    assert all(s.split is None for s in ds.samples)
+    for s in ds.samples:  # stored copies are byte-identical to the source
+        assert ds.path_of(s).read_bytes() == (tmp_path / "data" / s.path).read_bytes()
+    assert Path(ds.root) == (tmp_path / "ws" / "datasets" / ds.dataset_id).resolve()
+    assert load_dataset(tmp_path / "ws", ds.dataset_id) == ds
+    assert Dataset.from_dict(ds.to_dict()) == ds
+    assert list_datasets(tmp_path / "ws") == (ds.dataset_id,)
+    with pytest.raises(IngestError, match="known datasets"):
+        load_dataset(tmp_path / "ws", "0" * 16)
+
+
+def test_split_folders_keep_their_splits_and_ignore_other_folders(tmp_path):
+    make_tree(tmp_path / "d", {"train/a": 2, "train/b": 2, "validation/a": 1, "test/b": 1, "extra/a": 1})
+    ds = ingest(tmp_path / "d", tmp_path / "ws")
+    assert ds.layout == "splits"
+    assert {(s.split, s.label) for s in ds.samples} == {("train", "a"), ("train", "b"), ("val", "a"),
+                                                        ("test", "b")}
+    assert [(k.path, k.code) for k in ds.skipped] == [("extra", "not_split_folder")]
+
+
+def test_hidden_and_system_entries_are_skipped_and_reported(tmp_path):
+    data = tmp_path / "data"
+    make_tree(data, {"cat": 2, "dog": 2, ".ipynb_checkpoints": 1, "__MACOSX/cat": 1, "cat/.cache": 1})
+    (data / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (data / "cat" / "Thumbs.db").write_bytes(b"junk")
+    (data / "dog" / "._0.png").write_bytes(png_bytes(99))
+    ds = ingest(data, tmp_path / "ws")
+    assert ds.labels == ("cat", "dog")
+    assert len(ds.samples) == 4
+    assert {(s.path, s.code) for s in ds.skipped} == {
+        (".DS_Store", "hidden"), (".ipynb_checkpoints/", "hidden"), ("__MACOSX/", "hidden"),
+        ("cat/.cache/", "hidden"), ("cat/Thumbs.db", "hidden"), ("dog/._0.png", "hidden")}
+
+
+def test_archive_with_wrapping_folder_is_unwrapped_and_hidden_entries_skipped(tmp_path):
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("pets/", "")
+        zf.writestr("pets/cat/a.png", png_bytes(1))
+        zf.writestr("pets/dog/b.png", png_bytes(2))
+        zf.writestr("pets/.DS_Store", b"junk")
+        zf.writestr("__MACOSX/pets/cat/._a.png", b"junk")
+        zf.writestr("__MACOSX/pets/dog/._b.png", b"junk")
+    ds = ingest(archive, tmp_path / "ws")
+    assert [(s.path, s.label) for s in ds.samples] == [("cat/a.png", "cat"), ("dog/b.png", "dog")]
+    assert {(s.path, s.code) for s in ds.skipped} == {("__MACOSX/", "hidden"), ("pets/.DS_Store", "hidden")}
+
+
+def test_tar_gz_with_splits_and_upload_of_same_bytes(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, {"train/a": 2, "train/b": 2, "val/a": 1, "val/b": 1})
+    archive = tmp_path / "d.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(src, arcname="wrapper")
+    ds = ingest(archive, tmp_path / "ws")
+    assert ds.layout == "splits" and {s.split for s in ds.samples} == {"train", "val"}
+    upload = ingest(io.BytesIO(archive.read_bytes()), tmp_path / "ws", filename="d.tgz")
+    assert upload.dataset_id == ds.dataset_id
+    # the same content as a plain folder is the same dataset
+    assert ingest(src, tmp_path / "ws").dataset_id == ds.dataset_id
+
+
+def test_reingesting_the_same_zip_reuses_the_dataset_without_extracting(tmp_path, monkeypatch):
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cat/a.png", png_bytes(1))
+        zf.writestr("dog/b.png", png_bytes(2))
+    first = ingest(archive, tmp_path / "ws")
+    stamp = (Path(first.root) / "dataset.json").stat().st_mtime_ns
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the archive was extracted again")
+
+    monkeypatch.setattr(ingest_mod, "_extract_zip", no_extraction)
+    again = ingest(archive, tmp_path / "ws")
+    upload = ingest(io.BytesIO(archive.read_bytes()), tmp_path / "ws", filename="again.zip")
+    assert again == upload == first
+    assert (Path(first.root) / "dataset.json").stat().st_mtime_ns == stamp
+    datasets = tmp_path / "ws" / "datasets"
+    assert sorted(p.name for p in datasets.iterdir() if not p.name.startswith(".")) == [first.dataset_id]
+    assert not [p for p in datasets.iterdir() if p.name.startswith(".staging")]  # staging cleaned up
+
+
+# ----------------------------------------------------------------------------------- safe extraction
+
+
+def test_malicious_zip_writes_nothing_outside_its_folder(tmp_path):
+    workspace = tmp_path / "ws"
+    target = tmp_path / "abs_evil.png"
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cat/good.png", png_bytes(1))
+        zf.writestr("dog/good.png", png_bytes(2))
+        zf.writestr("../evil.png", png_bytes(3))
+        zf.writestr("cat/../../../evil2.png", png_bytes(4))
+        zf.writestr(zipfile.ZipInfo(str(target)), png_bytes(5))  # absolute path
+        zf.writestr("..\\evil3.png", png_bytes(6))
+        zf.writestr("C:\\evil4.png", png_bytes(7))
+        link = zipfile.ZipInfo("cat/link.png")
+        link.external_attr = (0o120777 << 16)  # a symlink, by its mode bits
+        zf.writestr(link, "../../../../etc/passwd")
+    before = snapshot(tmp_path, workspace)
+    ds = ingest(archive, workspace)
+    assert snapshot(tmp_path, workspace) == before
+    assert not target.exists()
+    assert [s.path for s in ds.samples] == ["cat/good.png", "dog/good.png"]
+    refused = {s.path: s.code for s in ds.skipped}
+    assert refused == {"../evil.png": "unsafe_path", "cat/../../../evil2.png": "unsafe_path",
+                       str(target): "unsafe_path", "..\\evil3.png": "unsafe_path",
+                       "C:\\evil4.png": "unsafe_path", "cat/link.png": "link"}
+    assert all(s.path in s.reason for s in ds.skipped)  # every message names its file
+    stored = {str(p.relative_to(ds.root)) for p in Path(ds.root).rglob("*") if p.is_file()}
+    assert stored == {"cat/good.png", "dog/good.png", "dataset.json", "probes.json"}
+
+
+def test_tar_links_and_traversal_are_refused(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, data in [("cat/a.png", png_bytes(1)), ("dog/b.png", png_bytes(2)),
+                           ("../escape.png", png_bytes(3))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        sym = tarfile.TarInfo("cat/sym.png")
+        sym.type, sym.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(sym)
+        hard = tarfile.TarInfo("dog/hard.png")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "../../etc/passwd"
+        tf.addfile(hard)
+        fifo = tarfile.TarInfo("dog/pipe")
+        fifo.type = tarfile.FIFOTYPE
+        tf.addfile(fifo)
+    before = snapshot(tmp_path, tmp_path / "ws")
+    ds = ingest(archive, tmp_path / "ws")
+    assert snapshot(tmp_path, tmp_path / "ws") == before
+    assert [s.path for s in ds.samples] == ["cat/a.png", "dog/b.png"]
+    assert {s.path: s.code for s in ds.skipped} == {
+        "cat/sym.png": "link", "dog/hard.png": "link", "../escape.png": "unsafe_path",
+        "dog/pipe": "special_file"}
+    assert not any(p.is_symlink() for p in Path(ds.root).rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/x", "a/../../x", "C:\\x", "c:/x", "a\\..\\x", "", "a\0b"])
+def test_unsafe_member_names_are_refused(name):
+    with pytest.raises(ImageError) as info:
+        safe_relative_path(name)
+    assert info.value.code == "unsafe_path"
+
+
+def test_safe_member_names_are_normalised():
+    assert safe_relative_path("./cat//a.png") == "cat/a.png"
+
+
+def test_zip_bomb_member_is_stopped_while_streaming(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cat/ok.png", png_bytes(1))
+        zf.writestr("dog/ok.png", png_bytes(2))
+        with zf.open("cat/bomb.png", "w") as member:  # 50 MB of zeros, ~50 KB compressed
+            block = b"\0" * (1 << 20)
+            for _ in range(50):
+                member.write(block)
+    assert archive.stat().st_size < 1_000_000
+    limits = IngestLimits(max_file_bytes=1 << 20)
+    ds = ingest(archive, tmp_path / "ws", limits=limits)
+    assert [s.path for s in ds.samples] == ["cat/ok.png", "dog/ok.png"]
+    [bomb] = ds.skipped
+    assert (bomb.path, bomb.code) == ("cat/bomb.png", "too_large")
+    assert "cat/bomb.png" in bomb.reason and "per-file limit" in bomb.reason
+    # the same bomb against the total budget refuses the whole archive, leaving nothing behind
+    with pytest.raises(IngestError, match="bomb.zip: refused, expands to more than"):
+        ingest(archive, tmp_path / "ws2", limits=IngestLimits(max_total_bytes=4 << 20))
+    assert list((tmp_path / "ws2" / "datasets").iterdir()) == []
+
+
+def test_member_count_limit_refuses_the_archive(tmp_path):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(6):
+            zf.writestr(f"c{i % 2}/{i}.png", png_bytes(i))
+    with pytest.raises(IngestError, match="more than 5 entries"):
+        ingest(archive, tmp_path / "ws", limits=IngestLimits(max_members=5))
+
+
+def test_pixel_bomb_is_refused(tmp_path):
+    data = tmp_path / "data"
+    make_tree(data, {"cat": 1, "dog": 1})
+    (data / "cat" / "bomb.png").write_bytes(huge_png(100_000, 100_000))
+    ds = ingest(data, tmp_path / "ws")
+    [bomb] = ds.skipped
+    assert (bomb.path, bomb.code) == ("cat/bomb.png", "pixel_bomb")
+    assert "cat/bomb.png" in bomb.reason
+    with pytest.raises(ImageError) as info:
+        load_rgb(data / "cat" / "bomb.png")
+    assert info.value.code == "pixel_bomb"
+    assert Image.MAX_IMAGE_PIXELS is not None  # the guard is still on
+    # a stricter configured limit refuses the 16x16 images too, so nothing usable is left
+    with pytest.raises(IngestError, match="3 entries skipped: pixel_bomb"):
+        ingest(data, tmp_path / "ws", limits=IngestLimits(max_image_pixels=100))
+
+
+def test_broken_files_are_refused_by_decoding_not_by_extension(tmp_path):
+    data = tmp_path / "data"
+    make_tree(data, {"cat": 1, "dog": 1})
+    good = png_bytes(50, size=64)
+    (data / "cat" / "empty.png").write_bytes(b"")
+    (data / "cat" / "notes.png").write_bytes(b"this is text, not a picture")
+    (data / "cat" / "truncated.png").write_bytes(good[: len(good) // 2])
+    corrupt = bytearray(good)
+    corrupt[60:90] = b"\xff" * 30
+    (data / "cat" / "corrupt.png").write_bytes(bytes(corrupt))
+    (data / "dog" / "really_png.jpg").write_bytes(good)  # wrong extension, decodes fine
+    ds = ingest(data, tmp_path / "ws")
+    assert {s.path: s.code for s in ds.skipped} == {
+        "cat/empty.png": "empty_file", "cat/notes.png": "not_image",
+        "cat/truncated.png": "truncated", "cat/corrupt.png": "corrupt"}
+    assert "dog/really_png.jpg" in {s.path for s in ds.samples}
+
+
+def test_nothing_usable_is_a_clear_error(tmp_path):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "cat" / "a.txt").write_text("hi")
+    with pytest.raises(IngestError, match="no usable images found"):
+        ingest(tmp_path / "data", tmp_path / "ws")
+    with pytest.raises(IngestError, match="not found"):
+        ingest(tmp_path / "missing", tmp_path / "ws")
+    (tmp_path / "x.rar").write_bytes(b"Rar!")
+    with pytest.raises(IngestError, match="unsupported source"):
+        ingest(tmp_path / "x.rar", tmp_path / "ws")
+
+
+def test_folder_symlinks_are_refused(tmp_path):
+    make_tree(tmp_path / "data", {"cat": 1, "dog": 1})
+    (tmp_path / "secret.png").write_bytes(png_bytes(9))
+    os.symlink(tmp_path / "secret.png", tmp_path / "data" / "cat" / "link.png")
+    ds = ingest(tmp_path / "data", tmp_path / "ws")
+    assert {s.path: s.code for s in ds.skipped} == {"cat/link.png": "link"}
+
+
+# ------------------------------------------------------------------------------------------------ CSV
+
+
+def test_csv_with_splits_groups_and_escaping_paths(tmp_path):
+    images = tmp_path / "images"
+    make_tree(images, {"x": 4})
+    (tmp_path / "secret.png").write_bytes(png_bytes(77))
+    csv_path = images / "labels.csv"
+    csv_path.write_text(
+        "Path,Label,Split,Group\n"
+        "x/0.png,cat,train,p1\n"
+        "x/1.png,cat,validation,p2\n"
+        "x/2.png,dog,,p1\n"
+        "x/3.png,dog,holdout,p3\n"
+        "../../etc/passwd,cat,train,\n"
+        "../secret.png,dog,train,\n"
+        "/etc/passwd,dog,train,\n"
+        "x/nope.png,dog,train,\n"
+        "x/0.png,dog,train,\n"
+        ",dog,train,\n", encoding="utf-8")
+    ds = ingest(csv_path, tmp_path / "ws")
+    assert ds.layout == "csv"
+    assert [(s.path, s.label, s.split, s.group) for s in ds.samples] == [
+        ("x/0.png", "cat", "train", "p1"), ("x/1.png", "cat", "val", "p2"), ("x/2.png", "dog", None, "p1")]
+    codes = {s.path: s.code for s in ds.skipped}
+    assert codes["../../etc/passwd"] == "escapes_root"
+    assert codes["../secret.png"] == "escapes_root"
+    assert codes["/etc/passwd"] == "escapes_root"
+    assert codes["x/nope.png"] == "missing_file"
+    assert sorted(s.code for s in ds.skipped if s.code == "bad_row") == ["bad_row"] * 3
+    assert "holdout" in " ".join(s.reason for s in ds.skipped)
+    stored = {str(p.relative_to(ds.root)) for p in Path(ds.root).rglob("*.png")}
+    assert stored == {"x/0.png", "x/1.png", "x/2.png"}
+
+
+def test_csv_paths_relative_to_an_image_root_and_uploaded_csv(tmp_path):
+    make_tree(tmp_path / "imgs", {"a": 2})
+    text = b"path,label\na/0.png,cat\na/1.png,dog\n"
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "l.csv").write_bytes(text)
+    ds = ingest(tmp_path / "meta" / "l.csv", tmp_path / "ws", image_root=tmp_path / "imgs")
+    assert ds.labels == ("cat", "dog")
+    up = ingest(io.BytesIO(text), tmp_path / "ws", filename="l.csv", image_root=tmp_path / "imgs")
+    assert up.dataset_id == ds.dataset_id
+    with pytest.raises(IngestError, match="image_root"):
+        ingest(io.BytesIO(text), tmp_path / "ws", filename="l.csv")
+    (tmp_path / "bad.csv").write_text("file,class\na,b\n")
+    with pytest.raises(IngestError, match="columns 'path' and 'label'"):
+        ingest(tmp_path / "bad.csv", tmp_path / "ws")
+
+
+def test_labels_are_part_of_the_identity(tmp_path):
+    make_tree(tmp_path / "imgs", {"a": 2})
+    (tmp_path / "imgs" / "one.csv").write_text("path,label\na/0.png,cat\na/1.png,dog\n")
+    (tmp_path / "imgs" / "two.csv").write_text("path,label\na/0.png,dog\na/1.png,cat\n")
+    one = ingest(tmp_path / "imgs" / "one.csv", tmp_path / "ws")
+    two = ingest(tmp_path / "imgs" / "two.csv", tmp_path / "ws")
+    assert one.dataset_id != two.dataset_id
+
+
+# -------------------------------------------------------------------------------------------- load_rgb
+
+
+def _encoded(im: Image.Image, fmt: str, **kw) -> io.BytesIO:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    buf.seek(0)
+    return buf
+
+
+def test_load_rgb_scales_16_bit_instead_of_clipping():
+    values = np.array([[0, 257, 1000, 32768, 65535]], dtype=np.uint16)
+    im = load_rgb(_encoded(Image.fromarray(values), "PNG"))
+    assert im.mode == "RGB"
+    assert np.asarray(im)[0, :, 0].tolist() == [0, 1, 4, 128, 255]  # Pillow's convert would clip to 255
+
+
+def test_load_rgb_composites_alpha_on_white_and_converts_every_mode():
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))  # fully transparent black -> white
+    assert np.asarray(load_rgb(_encoded(rgba, "PNG"))).tolist() == [[[255, 0, 0], [255, 255, 255]]]
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.putpixel((1, 0), 1)
+    pal.info["transparency"] = 0
+    pixels = np.asarray(load_rgb(_encoded(pal, "PNG", transparency=0))).tolist()
+    assert pixels == [[[255, 255, 255], [0, 255, 0]]]
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
+    red = np.asarray(load_rgb(_encoded(cmyk, "JPEG", quality=100)))
+    assert red.shape == (4, 4, 3) and red[..., 0].min() > 200 and red[..., 1:].max() < 60
+    for mode in ("L", "LA", "1", "P", "I"):
+        im = load_rgb(_encoded(Image.new(mode, (3, 2)), "PNG" if mode != "I" else "TIFF"))
+        assert (im.mode, im.size) == ("RGB", (3, 2))
+
+
+def test_load_rgb_applies_exif_orientation_from_paths_files_and_bytes(tmp_path):
+    im = Image.new("RGB", (4, 2), (10, 20, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise
+    path = tmp_path / "rot.jpg"
+    im.save(path, "JPEG", exif=exif.tobytes())
+    assert load_rgb(path).size == (2, 4)
+    assert load_rgb(path.read_bytes()).size == (2, 4)
+    with open(path, "rb") as fh:
+        assert load_rgb(fh).size == (2, 4)
+    with pytest.raises(ImageError, match="not an image"):
+        load_rgb(b"plain text")
+    with pytest.raises(ImageError, match="can't be read"):
+        load_rgb(tmp_path / "missing.png")
+
+
+# ----------------------------------------------------------------------------------------------- demo
+
+
+def test_demo_dataset_is_deterministic(tmp_path):
+    first = demo_dataset(tmp_path / "ws1")
+    assert len(first.samples) == 1797 and first.labels == tuple(str(i) for i in range(10))
+    im = load_rgb(first.path_of(first.samples[0]))
+    assert (im.mode, im.size) == ("RGB", (32, 32))
+    assert demo_dataset(tmp_path / "ws1") == first  # cached
+    assert demo_dataset(tmp_path / "ws2").dataset_id == first.dataset_id  # fresh workspace, same id
+
+
+def test_a_process_pool_gives_the_same_dataset(tmp_path):
+    make_tree(tmp_path / "data", {"cat": 3, "dog": 3})
+    (tmp_path / "data" / "dog" / "bad.png").write_bytes(b"nope")
+    serial = ingest(tmp_path / "data", tmp_path / "ws1")
+    pooled = ingest(tmp_path / "data", tmp_path / "ws2", workers=2)
+    assert pooled.dataset_id == serial.dataset_id
+    assert pooled.samples == serial.samples and pooled.skipped == serial.skipped
