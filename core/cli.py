@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune a pretrained backbone on a folder of images")
-    train.add_argument("data", nargs="?", help="folder of class subfolders, or with train/ val/ test/")
+    train.add_argument("data", nargs="?", help="folder of class subfolders (or with train/ val/ test/), .zip or "
+                       ".tar.gz of one, CSV of path,label, a split manifest, a stored dataset id, or 'demo'")
     train.add_argument("--config", help="JSON file of TrainConfig fields")
     train.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
     train.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
+    train.add_argument("--workspace", help="where datasets are stored (default: the runs directory)")
     train.add_argument("--resume", metavar="RUN_ID", help="resume a stopped or killed run from its last checkpoint")
 
     models = sub.add_parser("models", help="list the backbone catalog")
@@ -33,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     runs.add_argument("--json", action="store_true")
 
+    audit = sub.add_parser("audit", add_help=False, help="audit a dataset: python -m core audit DATA [--json]")
+    audit.add_argument("rest", nargs=argparse.REMAINDER)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "audit":  # the audit command parses its own arguments
+        from .audit import main as audit_main
+
+        return audit_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "models": _models, "runs": _runs}[args.command](args)
@@ -44,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from .catalog import CatalogError
     from .data import DataError
+    from .ingest import IngestError
+    from .splits import SplitError
     from .runs import resume_run, start_run
     from .store import RunNotFound
     from .trackers import ConsoleProgress
@@ -61,8 +73,8 @@ def _train(args) -> int:
                 with open(args.config) as f:
                     config = TrainConfig.from_dict(json.load(f))
             config = config.with_overrides(args.set).validate()
-            summary = start_run(config, args.data, args.runs_dir, [ConsoleProgress()])
-    except (DataError, CatalogError, RunNotFound, OSError, json.JSONDecodeError) as exc:
+            summary = start_run(config, args.data, args.runs_dir, [ConsoleProgress()], workspace_dir=args.workspace)
+    except (DataError, CatalogError, RunNotFound, IngestError, SplitError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingFailed as exc:

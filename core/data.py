@@ -1,5 +1,8 @@
 """Data for a run: which files and labels are in which split, and the decode-once image cache.
 
+Which files are in which split comes from a split manifest (core/splits.py) over a stored dataset
+(core/ingest.py); `SplitData` is that manifest resolved to absolute paths and class indices.
+
 Every image is decoded and resized once per run into a uint8 tensor cache at the spec's `cache_size`
 (on the GPU when training there and it fits); batches are sliced from it and augmented in place. A
 dataset too large for the memory budget streams through a DataLoader with workers instead, producing
@@ -14,10 +17,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .images import load_rgb
+from .ingest import load_rgb
 from .preprocess import PreprocessSpec
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 
 
@@ -54,11 +56,17 @@ class SplitData:
                 "train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
+def from_manifest(manifest, source: str = "") -> SplitData:
+    """A split manifest (core.splits.Manifest) -> SplitData with absolute paths."""
+    rows = [(str(manifest.path_of(r)), r.label, r.split) for r in manifest.rows]
+    return from_rows(rows, source or manifest.root, manifest.dataset_id)
+
+
 def from_rows(rows: Sequence[tuple[str, str, str]], source: str, dataset_id: str = "") -> SplitData:
     """(path, label, split) rows -> SplitData, with classes sorted by name."""
     classes = tuple(sorted({label for _, label, _ in rows}))
     if len(classes) < 2:
-        raise DataError(f"{source}: found {len(classes)} class(es); a classifier needs at least 2 class folders")
+        raise DataError(f"{source}: found {len(classes)} class(es); a classifier needs at least 2 classes")
     index = {c: i for i, c in enumerate(classes)}
     parts: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
     for path, label, split in rows:
@@ -153,57 +161,3 @@ class BatchSource:
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
-
-# ------------------------------------------------------------------------------------- discovery
-def _images_in(folder: str) -> list[str]:
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(folder, f)))
-
-
-def _class_folders(root: str) -> list[str]:
-    return sorted(d for d in os.listdir(root) if not d.startswith((".", "__")) and os.path.isdir(os.path.join(root, d)))
-
-
-def _scan_classes(root: str, split: str) -> list[tuple[str, str, str]]:
-    return [(p, c, split) for c in _class_folders(root) for p in _images_in(os.path.join(root, c))]
-
-
-def stratified_split(rows: list[tuple[str, str, str]], fraction: float, seed: int, into: str
-                     ) -> list[tuple[str, str, str]]:
-    """Move a stratified `fraction` of the rows into split `into`, every class contributing."""
-    import random
-
-    rng = random.Random(seed)
-    by_class: dict[str, list[int]] = {}
-    for i, (_, label, split) in enumerate(rows):
-        if split == "train":  # only training rows are ever carved into another split
-            by_class.setdefault(label, []).append(i)
-    moved = set()
-    for label in sorted(by_class):
-        idx = by_class[label]
-        rng.shuffle(idx)
-        take = int(round(len(idx) * fraction))
-        take = min(max(take, 1 if len(idx) >= 3 else 0), len(idx) - 1)
-        moved.update(idx[:take])
-    return [(p, c, into if i in moved else s) for i, (p, c, s) in enumerate(rows)]
-
-
-def load_folder(path: str, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> SplitData:
-    """A folder of class subfolders, or of train/ (val/, test/) each holding class subfolders."""
-    if not os.path.isdir(path):
-        raise DataError(f"{path!r} is not a folder; give a folder of class subfolders or with train/ val/ test/")
-    if os.path.isdir(os.path.join(path, "train")):
-        rows = []
-        for split in SPLITS:
-            if os.path.isdir(os.path.join(path, split)):
-                rows += _scan_classes(os.path.join(path, split), split)
-        if not any(s == "val" for *_, s in rows):
-            rows = stratified_split(rows, val_fraction, seed, "val")
-    else:
-        rows = _scan_classes(path, "train")
-        rows = stratified_split(rows, test_fraction, seed, "test")
-        rows = stratified_split(rows, val_fraction / (1 - test_fraction), seed + 1, "val")
-    if not rows:
-        raise DataError(f"no images found under {path!r}; expected {path}/<class>/*.png|jpg|...")
-    return from_rows(rows, source=path)

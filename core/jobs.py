@@ -15,7 +15,7 @@ from typing import Any
 from .config import TrainConfig
 from .data import SplitData
 from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, RunStarted, StageChanged, Validated
-from .runs import create_run, execute_run, load_data, run_inputs
+from .runs import execute_run, new_run, run_inputs
 from .store import RunStore
 
 
@@ -58,18 +58,17 @@ MAX_STEP_POINTS = 2000
 
 
 class JobManager:
-    def __init__(self, runs_dir: str):
+    def __init__(self, runs_dir: str, workspace_dir: str | None = None):
         self.store = RunStore(runs_dir)
+        self.workspace_dir = workspace_dir or runs_dir  # where uploaded datasets are stored
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
 
     # --- control
     def start(self, config: TrainConfig, data: SplitData | str) -> str:
         """Record a run and train it on a background thread; returns the run id at once."""
-        config = config.validate()
-        data = load_data(data, config) if isinstance(data, str) else data
-        run_id = create_run(self.store, config, data)
-        self._launch(run_id, config, data, resume=False)
+        run_id, data = new_run(self.store, config, data, self.workspace_dir)
+        self._launch(run_id, config.validate(), data, resume=False)
         return run_id
 
     def resume(self, run_id: str) -> str:

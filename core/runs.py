@@ -1,7 +1,9 @@
 """Starting and resuming runs: the one call a page, the CLI or a script makes to train.
 
-`start_run` records the run in the store, attaches the trackers the config asks for, and trains.
-`resume_run` picks a run up from its last checkpoint with the config and data it was started with.
+`prepare_data` turns what the user points at (a folder, an archive, a CSV, a stored dataset id, a split
+manifest, or "demo") into a stored dataset and a leak-free split manifest. `start_run` records the run
+in the store with that manifest, attaches the trackers the config asks for, and trains. `resume_run`
+picks a run up from its last checkpoint with the config and manifest it was started with.
 """
 from __future__ import annotations
 
@@ -9,20 +11,61 @@ import os
 from typing import Any, Callable, Iterable
 
 from .config import TrainConfig
-from .data import SplitData, from_rows, load_folder
+from .data import SplitData, from_manifest
 from .events import Dispatcher, Listener
 from .store import RunStore
 from .trackers import StoreTracker, TensorBoardTracker, WandbTracker
 from .train import Trainer
 
-
-def load_data(source: str, config: TrainConfig) -> SplitData:
-    """The data a run trains on, from a folder (class subfolders, or train/ val/ test/)."""
-    return load_folder(source, config.val_fraction, config.test_fraction, config.seed)
+DEMO = "demo"
+MANIFEST_FILE = "manifest.json"
 
 
-def create_run(store: RunStore, config: TrainConfig, data: SplitData) -> str:
-    return store.create_run(config.validate().to_dict(), {**data.describe(), "rows": _rows(data)}, config.run_name)
+def prepare_data(source: str, config: TrainConfig, workspace_dir: str):
+    """Ingest `source` into the workspace's dataset store and split it; returns a split Manifest.
+
+    `source` may be a folder, .zip/.tar.gz, CSV, a stored dataset id, a manifest (.json/.csv written by
+    core.splits), or "demo" (scikit-learn's digits). Given train/val/test splits are used as they are; a
+    missing val is carved from train (stratified), a missing test stays missing.
+    """
+    from .ingest import demo_dataset, ingest, list_datasets, load_dataset
+    from .splits import read_manifest, split_dataset
+
+    if source == DEMO:
+        dataset = demo_dataset(workspace_dir)
+    elif os.path.isfile(source) and _is_manifest(source):
+        return read_manifest(source)
+    elif not os.path.exists(source) and source in list_datasets(workspace_dir):
+        dataset = load_dataset(workspace_dir, source)
+    else:
+        dataset = ingest(source, workspace_dir)
+    test = config.test_fraction
+    if dataset.has_given_splits and not any(s.split == "test" for s in dataset.samples):
+        test = 0.0
+    ratios = (1.0 - config.val_fraction - test, config.val_fraction, test)
+    return split_dataset(dataset, ratios, seed=config.seed)
+
+
+def load_data(source: str, config: TrainConfig, workspace_dir: str) -> SplitData:
+    return from_manifest(prepare_data(source, config, workspace_dir), source)
+
+
+def _is_manifest(path: str) -> bool:
+    if not path.lower().endswith((".json", ".csv")):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(4096)
+    return '"dataset_id"' in head and '"rows"' in head or head.startswith("# {")
+
+
+def create_run(store: RunStore, config: TrainConfig, data: SplitData, manifest=None) -> str:
+    """Record a run; its split manifest is written into the run's folder, so a resume sees the same files."""
+    from .splits import write_manifest
+
+    run_id = store.create_run(config.validate().to_dict(), data.describe(), config.run_name)
+    if manifest is not None:
+        write_manifest(manifest, os.path.join(store.run_dir(run_id), MANIFEST_FILE))
+    return run_id
 
 
 def execute_run(store: RunStore, run_id: str, config: TrainConfig, data: SplitData,
@@ -38,23 +81,34 @@ def execute_run(store: RunStore, run_id: str, config: TrainConfig, data: SplitDa
     return Trainer(run_id, config, data, run_dir, dispatcher, should_stop).run(resume=resume)
 
 
-def start_run(config: TrainConfig, data: SplitData | str, runs_dir: str, listeners: Iterable[Listener] = (),
-              should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+def new_run(store: RunStore, config: TrainConfig, data: str | SplitData, workspace_dir: str | None = None
+            ) -> tuple[str, SplitData]:
+    """Validate, prepare the data and record the run; returns (run_id, data)."""
     config = config.validate()
-    data = load_data(data, config) if isinstance(data, str) else data
+    manifest = None
+    if isinstance(data, str):
+        manifest = prepare_data(data, config, workspace_dir or store.runs_dir)
+        data = from_manifest(manifest, data)
+    return create_run(store, config, data, manifest), data
+
+
+def start_run(config: TrainConfig, data: SplitData | str, runs_dir: str, listeners: Iterable[Listener] = (),
+              should_stop: Callable[[], bool] = lambda: False, workspace_dir: str | None = None) -> dict[str, Any]:
+    """Train to the end in this thread. Datasets are stored under `workspace_dir` (default: runs_dir)."""
     store = RunStore(runs_dir)
-    run_id = create_run(store, config, data)
-    return execute_run(store, run_id, config, data, listeners, should_stop)
+    run_id, data = new_run(store, config, data, workspace_dir)
+    return execute_run(store, run_id, config.validate(), data, listeners, should_stop)
 
 
 def run_inputs(store: RunStore, run_id: str) -> tuple[TrainConfig, SplitData]:
-    """The exact config and file list a run was started with (so a resume sees the same split)."""
+    """The exact config and split manifest a run was started with."""
+    from .splits import read_manifest
+
     run = store.get_run(run_id)
-    rows = run["data"].get("rows")
-    if not rows:
-        raise ValueError(f"run {run_id} has no recorded file list to resume from")
-    data = from_rows([tuple(r) for r in rows], run["data"].get("source", ""), run["data"].get("dataset_id", ""))
-    return TrainConfig.from_dict(run["config"]), data
+    path = os.path.join(store.run_dir(run_id), MANIFEST_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"run {run_id} has no recorded split manifest ({path}); it cannot be resumed")
+    return TrainConfig.from_dict(run["config"]), from_manifest(read_manifest(path), run["data_source"])
 
 
 def resume_run(run_id: str, runs_dir: str, listeners: Iterable[Listener] = (),
@@ -62,8 +116,3 @@ def resume_run(run_id: str, runs_dir: str, listeners: Iterable[Listener] = (),
     store = RunStore(runs_dir)
     config, data = run_inputs(store, run_id)
     return execute_run(store, run_id, config, data, listeners, should_stop, resume=True)
-
-
-def _rows(data: SplitData) -> list[tuple[str, str, str]]:
-    return [(path, data.classes[y], name) for name in ("train", "val", "test")
-            for path, y in zip(getattr(data, name).paths, getattr(data, name).labels)]

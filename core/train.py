@@ -269,7 +269,7 @@ class Trainer:
         y_pred = torch.cat(preds).cpu().numpy() if preds else np.zeros(0)
         metrics = {"train_loss": float(torch.stack(losses).mean()) if losses else math.nan,
                    **classification_metrics(y_true, y_pred, len(self.data.classes), "train_"),
-                   **self._evaluate(self.val_src, "val_")}
+                   **self._validate()}
         val_loss = metrics["val_loss"]
         if not math.isfinite(val_loss):
             raise TrainingFailed(f"the validation loss became {val_loss} at epoch {state.epoch + 1}; the weights "
@@ -291,6 +291,10 @@ class Trainer:
         self._save_state(state)
         self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, improved, self.best_path))
         return True
+
+    def _validate(self) -> dict[str, float]:
+        """The end-of-epoch validation that checkpoints, early stopping and stages decide on."""
+        return self._evaluate(self.val_src, "val_")
 
     @torch.inference_mode()
     def _evaluate(self, source: BatchSource, prefix: str) -> dict[str, float]:
@@ -390,6 +394,8 @@ def _explain(exc: BaseException) -> str:
         return f"could not read {exc.filename}: {exc.strerror or exc}. Remove or replace the file and resume."
     from PIL import UnidentifiedImageError
 
-    if isinstance(exc, UnidentifiedImageError):
+    from .ingest import ImageError
+
+    if isinstance(exc, (UnidentifiedImageError, ImageError)):
         return f"an image could not be decoded ({exc}). Run `python -m core audit` on the data and fix the file."
     return str(exc) or type(exc).__name__

@@ -28,7 +28,7 @@ def test_models_lists_the_catalog_with_offline_default_available():
 
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path):
     out = _run("train", str(tmp_path / "missing"), "--runs-dir", str(tmp_path))
-    assert out.returncode == 2 and "is not a folder" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
     out = _run("train", str(tmp_path), "--set", "freeze_ratio=2", "--runs-dir", str(tmp_path))
     assert out.returncode == 2 and "freeze_ratio must be between 0.0 and 1.0" in out.stderr
     out = _run("train", "--resume", "nope", "--runs-dir", str(tmp_path))

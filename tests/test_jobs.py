@@ -1,3 +1,4 @@
+import os
 import threading
 import time
 
@@ -56,16 +57,16 @@ def test_stop_is_cooperative_and_the_run_can_be_resumed(small_digits_dir, tiny_c
     assert len(manager.snapshot(run_id).epochs) > len(snap.epochs)
 
 
-def test_a_crashing_job_shows_its_error(tmp_path, tiny_config):
-    bad = tmp_path / "data"
-    for cls in ("a", "b"):
-        (bad / cls).mkdir(parents=True)
-        for i in range(4):
-            (bad / cls / f"{i}.png").write_bytes(b"this is not a png")
-    manager = JobManager(str(tmp_path / "runs"))
-    run_id = manager.start(tiny_config, str(bad))
+def test_a_crashing_job_shows_its_error(small_digits_dir, tiny_config, tmp_path):
+    """A file that vanishes from the dataset store after the run was set up fails the worker, clearly."""
+    from core.runs import prepare_data
+
+    manifest = prepare_data(small_digits_dir, tiny_config, str(tmp_path))
+    victim = manifest.path_of(manifest.rows_for("val")[0])
+    os.remove(victim)
+    manager = JobManager(str(tmp_path))
+    run_id = manager.start(tiny_config, small_digits_dir)
     snap = manager.wait(run_id, timeout=120)
     assert snap.status == "failed"
-    assert "could not be decoded" in snap.error or "cannot identify" in snap.error
-    assert "Traceback" in snap.error_traceback
+    assert victim.name in snap.error and "Traceback" in snap.error_traceback
     assert manager.store.get_run(run_id)["status"] == "failed"
