@@ -61,3 +61,23 @@ def augment_batch(batch: torch.Tensor, spec: AugmentSpec, pre: PreprocessSpec,
         noise = torch.randn(x.shape, generator=generator, device=generator.device).to(device)
         x = x + noise * spec.noise_std
     return pre.normalize(x.clamp_(0.0, 1.0))
+
+
+def preview_grid(images: list, pre: PreprocessSpec, spec: AugmentSpec, per_image: int = 4, seed: int = 0
+                 ) -> "np.ndarray":
+    """Augmented samples for previewing a spec: one row per input image, `per_image` variants each.
+
+    `images` are RGB PIL images; returns a uint8 (rows*input, cols*input, 3) array, the first column
+    being the un-augmented evaluation view, so the effect of the spec is seen against the original.
+    """
+    import numpy as np
+
+    cached = torch.stack([pre.to_cache(img) for img in images])
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    columns = [pre.eval_input(cached)] + [augment_batch(cached, spec, pre, generator) for _ in range(per_image)]
+    pixels = [((c * std + mean).clamp(0, 1) * 255).round().to(torch.uint8) for c in columns]
+    grid = torch.stack(pixels, dim=1)  # (rows, cols, 3, H, W)
+    rows, cols, _, h, w = grid.shape
+    return grid.permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, 3).numpy()

@@ -100,7 +100,9 @@ class WandbTracker:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            # online only when the user configured a key and did not force offline mode
+            online = os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE", "online") != "offline"
+            mode = "online" if online else "offline"
             self.run = self.wandb.init(project=self.project, name=event.run_id, id=event.run_id, resume="allow",
                                        config={**event.config, "data": event.data}, dir=self.run_dir, mode=mode)
         elif self.run is None:

@@ -42,3 +42,17 @@ def test_photometric_jitter_changes_brightness_only_when_asked():
                              torch.Generator().manual_seed(0))
     assert plain.std() < 1e-3
     assert jittered.mean(dim=(1, 2, 3)).std() > 0.05
+
+
+def test_preview_grid_shows_the_original_then_variants():
+    from PIL import Image
+
+    from core.augment import preview_grid
+
+    img = Image.new("RGB", (40, 40), (200, 30, 30))
+    grid = preview_grid([img, img], PRE, AugmentSpec(brightness=0.5), per_image=3, seed=0)
+    assert grid.shape == (2 * 32, 4 * 32, 3) and grid.dtype.name == "uint8"
+    first = grid[:32, :32]
+    assert abs(int(first[..., 0].mean()) - 200) <= 2  # the un-augmented view keeps the colour
+    variants = [grid[:32, 32 * k:32 * (k + 1), 0].mean() for k in range(1, 4)]
+    assert max(variants) - min(variants) > 5  # brightness jitter differs between variants

@@ -108,3 +108,20 @@ def test_progressive_unfreezing_runs_stages_and_reverts_a_stage_that_hurts(small
     counts = core.train.stage_frozen_counts(initial, 3)
     assert stages == [(1, counts[1], False), (2, counts[2], False), (2, counts[1], True)]
     assert summary["status"] == "completed" and summary["epochs_run"] == 3 and summary["best_epoch"] == 2
+
+
+def test_a_run_records_its_split_manifest_and_can_train_from_one(small_digits_dir, tiny_config, tmp_path):
+    from core.splits import read_manifest
+
+    first = start_run(tiny_config.replace(epochs=1), small_digits_dir, str(tmp_path))
+    store = RunStore(str(tmp_path))
+    run = store.get_run(first["run_id"])
+    manifest_path = tmp_path / first["run_id"] / "manifest.json"
+    manifest = read_manifest(str(manifest_path))
+    assert run["dataset_id"] == manifest.dataset_id != ""
+    assert run["data"]["train"] == len(manifest.rows_for("train"))
+    # the same manifest file drives a second run: same dataset version, same split
+    second = start_run(tiny_config.replace(epochs=1), str(manifest_path), str(tmp_path / "again"))
+    again = RunStore(str(tmp_path / "again")).get_run(second["run_id"])
+    assert again["dataset_id"] == manifest.dataset_id
+    assert read_manifest(str(tmp_path / "again" / second["run_id"] / "manifest.json")).rows == manifest.rows
