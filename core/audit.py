@@ -24,8 +24,8 @@ from typing import Any, BinaryIO, Iterable, Sequence
 
 import numpy as np
 
-from core.ingest import (DATASET_FILE, Dataset, ImageProbe, IngestError, IngestLimits, Sample, ingest,
-                         load_dataset, load_dataset_dir, load_probes)
+from core.ingest import (DATASET_FILE, Dataset, ImageProbe, IngestError, IngestLimits, Sample, resolve_dataset,
+                         load_probes)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -439,19 +439,6 @@ def _channel_stats(samples: Sequence[Sample], probes: dict[str, ImageProbe], spl
                         images, split)
 
 
-def _resolve(dataset_or_source, workspace_dir, filename, image_root, limits, workers) -> Dataset:
-    if isinstance(dataset_or_source, Dataset):
-        return dataset_or_source
-    if isinstance(dataset_or_source, (str, os.PathLike)):
-        path = Path(dataset_or_source)
-        if (path / DATASET_FILE).is_file():  # an already-ingested dataset folder
-            return load_dataset_dir(path)
-        if not path.exists() and workspace_dir is not None and re.fullmatch(r"[0-9a-f]{8,64}", path.name):
-            return load_dataset(workspace_dir, path.name)
-    return ingest(dataset_or_source, workspace_dir, filename=filename, image_root=image_root,
-                  limits=limits, workers=workers)
-
-
 def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
                   workspace_dir: str | os.PathLike | None = None, filename: str | None = None,
                   image_root: str | os.PathLike | None = None, manifest: Any = None,
@@ -472,7 +459,8 @@ def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
                                  model_std=model_std, min_size=min_size,
                                  near_duplicate_distance=near_duplicate_distance, limits=limits,
                                  workers=workers)
-    dataset = _resolve(dataset_or_source, workspace_dir, filename, image_root, limits, workers)
+    dataset = resolve_dataset(dataset_or_source, workspace_dir, filename=filename, image_root=image_root,
+                              limits=limits, workers=workers)
     probes = load_probes(dataset, workers)
     samples = dataset.samples
     split_of = {s.path: s.split or UNSPLIT for s in samples}
@@ -622,7 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     parser.add_argument("--workspace", help="workspace to ingest into (default: a temporary folder)")
     parser.add_argument("--image-root", help="folder a CSV's paths are relative to (default: its folder)")
-    parser.add_argument("--min-size", type=int, default=224, help="model input side in pixels")
+    parser.add_argument("--model", default="efficientnet_lite0",
+                        help="catalog model whose normalisation and input size the data is compared with")
+    parser.add_argument("--min-size", type=int, help="model input side in pixels (default: the model's)")
     parser.add_argument("--near-duplicate-distance", type=int, default=NEAR_DUPLICATE_DISTANCE,
                         help="pHash Hamming distance for near duplicates (-1: off)")
     try:
@@ -634,9 +624,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     started = time.perf_counter()
     try:
+        from core.catalog import resolve_entry
+
+        entry = resolve_entry(args.model)
         report = audit_dataset(args.data, workspace_dir=args.workspace, image_root=args.image_root,
-                               min_size=args.min_size, near_duplicate_distance=args.near_duplicate_distance)
-    except (IngestError, OSError) as e:
+                               model_mean=entry.mean, model_std=entry.std,
+                               min_size=args.min_size or entry.input_size,
+                               near_duplicate_distance=args.near_duplicate_distance)
+    except (IngestError, LookupError, OSError) as e:
         print(f"audit: {e}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": str(e)}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -64,13 +65,12 @@ def augment_batch(batch: torch.Tensor, spec: AugmentSpec, pre: PreprocessSpec,
 
 
 def preview_grid(images: list, pre: PreprocessSpec, spec: AugmentSpec, per_image: int = 4, seed: int = 0
-                 ) -> "np.ndarray":
+                 ) -> np.ndarray:
     """Augmented samples for previewing a spec: one row per input image, `per_image` variants each.
 
     `images` are RGB PIL images; returns a uint8 (rows*input, cols*input, 3) array, the first column
     being the un-augmented evaluation view, so the effect of the spec is seen against the original.
     """
-    import numpy as np
 
     cached = torch.stack([pre.to_cache(img) for img in images])
     generator = torch.Generator().manual_seed(seed)

@@ -1118,3 +1118,24 @@ def demo_dataset(workspace_dir: str | os.PathLike) -> Dataset:
     pointer.parent.mkdir(exist_ok=True)
     _atomic_write_json(pointer, {"dataset_id": dataset.dataset_id, "source": "sklearn-digits"})
     return dataset
+
+
+DEMO_SOURCE = "demo"
+
+
+def resolve_dataset(source: Dataset | str | os.PathLike | BinaryIO, workspace_dir: str | os.PathLike, *,
+                    filename: str | None = None, image_root: str | os.PathLike | None = None,
+                    limits: IngestLimits = IngestLimits(), workers: int = 1) -> Dataset:
+    """Whatever a user points at, as a stored Dataset: a Dataset, "demo", a stored dataset folder, a
+    dataset id in the workspace, or any source ``ingest`` accepts."""
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if os.fspath(source) == DEMO_SOURCE and not path.exists():
+            return demo_dataset(workspace_dir)
+        if (path / DATASET_FILE).is_file():  # an already-ingested dataset folder
+            return load_dataset_dir(path)
+        if not path.exists() and re.fullmatch(r"[0-9a-f]{8,64}", path.name):
+            return load_dataset(workspace_dir, path.name)
+    return ingest(source, workspace_dir, filename=filename, image_root=image_root, limits=limits, workers=workers)

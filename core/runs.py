@@ -17,7 +17,6 @@ from .store import RunStore
 from .trackers import StoreTracker, TensorBoardTracker, WandbTracker
 from .train import Trainer
 
-DEMO = "demo"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -28,17 +27,12 @@ def prepare_data(source: str, config: TrainConfig, workspace_dir: str):
     core.splits), or "demo" (scikit-learn's digits). Given train/val/test splits are used as they are; a
     missing val is carved from train (stratified), a missing test stays missing.
     """
-    from .ingest import demo_dataset, ingest, list_datasets, load_dataset
+    from .ingest import resolve_dataset
     from .splits import read_manifest, split_dataset
 
-    if source == DEMO:
-        dataset = demo_dataset(workspace_dir)
-    elif os.path.isfile(source) and _is_manifest(source):
+    if os.path.isfile(source) and _is_manifest(source):
         return read_manifest(source)
-    elif not os.path.exists(source) and source in list_datasets(workspace_dir):
-        dataset = load_dataset(workspace_dir, source)
-    else:
-        dataset = ingest(source, workspace_dir)
+    dataset = resolve_dataset(source, workspace_dir)
     test = config.test_fraction
     if dataset.has_given_splits and not any(s.split == "test" for s in dataset.samples):
         test = 0.0

@@ -233,7 +233,7 @@ class Trainer:
         model.train()
         order = torch.randperm(len(self.train_src), generator=torch.Generator().manual_seed(cfg.seed * 7919 + state.epoch))
         aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + state.epoch)
-        losses, correct, seen, preds, labels = [], 0, 0, [], []
+        losses, seen, preds, labels = [], 0, [], []
         t0 = time.time()
         for b, (images, y) in enumerate(self.train_src.batches(order, drop_last=True)):
             if self.should_stop():
