@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .catalog import CHECKPOINT, OFFLINE, OFFLINE_CHOICES, TIMM_HUB, TORCHVISION, CatalogEntry, CatalogError, \
-    offline_weights_path, resolve_entry
+    HUB_HOSTS, availability, hub_reachable, offline_weights_path, resolve_entry
 from .preprocess import PreprocessSpec
 
 
@@ -33,6 +33,12 @@ class Backbone:
 def load_backbone(name: str, checkpoint_path: str | None = None, pretrained: bool = True) -> Backbone:
     """Build the named trunk with its pretrained weights (or the user's checkpoint, when given)."""
     entry = resolve_entry(name)
+    needs_hub = entry.source in (TIMM_HUB, TORCHVISION) and pretrained and checkpoint_path is None
+    if needs_hub and not availability(entry).available and not hub_reachable(HUB_HOSTS[entry.source]):
+        # fail in a second rather than after the hub clients' minute of retries
+        raise CatalogError(f"{entry.name!r} needs its weights from the model hub, which cannot be reached from "
+                           f"here, and they are not cached. Offline choices: {', '.join(OFFLINE_CHOICES)}; or "
+                           "upload the weights as your own checkpoint.")
     if entry.source == TORCHVISION:
         trunk, num_features = _torchvision_trunk(entry, pretrained and checkpoint_path is None)
         source = f"torchvision:{entry.weights}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 OFFLINE, TIMM_HUB, TORCHVISION, CHECKPOINT = "offline", "timm", "torchvision", "checkpoint"
+HUB_HOSTS = {TIMM_HUB: "huggingface.co", TORCHVISION: "download.pytorch.org"}
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def availability(entry: CatalogEntry, check_hub: bool = False) -> Availability:
     if entry.source == TORCHVISION and _torchvision_cached(entry):
         return Availability(True, "in the local torch hub cache")
     if check_hub:
-        if hub_reachable("huggingface.co" if entry.source == TIMM_HUB else "download.pytorch.org"):
+        if hub_reachable(HUB_HOSTS[entry.source]):
             return Availability(True, "hub reachable (downloads on first use)")
         return Availability(False, "hub unreachable and not cached")
     return Availability(False, "needs the hub (not cached; not probed)")

@@ -102,3 +102,16 @@ def test_missing_and_wrong_type_files(tmp_path):
     with pytest.raises(WeightsError, match="safetensors"):
         load_user_weights(load_backbone("efficientnet_lite0", pretrained=False).trunk,
                           str(tmp_path / "broken.safetensors"))
+
+
+def test_hub_models_fail_fast_with_the_offline_choices_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    import core.backbones
+
+    monkeypatch.setattr(core.backbones, "hub_reachable", lambda host, timeout=1.5: False)
+    for name in ("resnet50.a1_in1k", "torchvision/resnet18"):
+        started = time.time()
+        with pytest.raises(CatalogError, match="cannot be reached.*efficientnet_lite0, efficientnet_lite1"):
+            load_backbone(name)
+        assert time.time() - started < 5
