@@ -91,9 +91,11 @@ def memory_budget(device: torch.device, max_cache_gb: float | None) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
+    try:  # MemAvailable counts reclaimable page cache too, unlike the free-pages count
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kib * 1024 // 2
+    except (OSError, StopIteration, ValueError):
         return 4 * 2**30
 
 

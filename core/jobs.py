@@ -180,7 +180,8 @@ class JobManager:
         status = run["status"]
         if status in ("queued", "running") and run_id not in self._jobs:
             status = "interrupted"  # the process that ran it is gone: resume it from its last checkpoint
-        return JobSnapshot(run_id, status, epoch=len(epochs), step=steps[-1]["step"] if steps else 0,
+        return JobSnapshot(run_id, status, epoch=epochs[-1]["epoch"] if epochs else 0,
+                           step=steps[-1]["step"] if steps else 0,
                            epochs=epochs, steps=steps, summary=run["summary"], error=run["error"] or "",
                            baseline={k: v for k, v in (baseline[0] if baseline else {}).items()
                                      if k not in ("epoch", "step", "time")},

@@ -14,13 +14,14 @@ from .metrics import classification_metrics
 
 
 @torch.inference_mode()
-def extract_features(model, source: BatchSource, amp_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(model, source: BatchSource, amp_dtype=None, channels_last: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of a split through the frozen trunk (+ adapter), eval preprocessing, no augmentation."""
     model.eval()
     feats, labels = [], []
     for images, y in source.batches():
         x = source.pre.eval_input(images)
-        if source.device.type in ("cuda", "cpu") and x.dim() == 4:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(source.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             f = model.forward_features(x)
@@ -32,9 +33,10 @@ def extract_features(model, source: BatchSource, amp_dtype=None) -> tuple[np.nda
 
 
 def linear_probe(model, train: BatchSource, val: BatchSource, test: BatchSource, num_classes: int,
-                 amp_dtype=None, seed: int = 0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+                 amp_dtype=None, seed: int = 0, channels_last: bool = True
+                 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Fit logistic regression on frozen train features; returns (metrics, head weight, head bias)."""
-    x_train, y_train = extract_features(model, train, amp_dtype)
+    x_train, y_train = extract_features(model, train, amp_dtype, channels_last)
     # standardise, with a floor on the scale: near-constant features (dead ReLU6 channels) would otherwise
     # get huge weights that blow up the moment augmentation moves them
     mean = x_train.mean(0)
@@ -45,7 +47,7 @@ def linear_probe(model, train: BatchSource, val: BatchSource, test: BatchSource,
     metrics: dict[str, float] = {}
     for name, source in (("val", val), ("test", test)):
         if len(source):
-            x, y = extract_features(model, source, amp_dtype)
+            x, y = extract_features(model, source, amp_dtype, channels_last)
             metrics.update(classification_metrics(y, clf.predict((x - mean) / scale), num_classes, f"{name}_"))
     # fold the standardisation into the linear layer: W' = W / sigma, b' = b - W' . mu; classes absent from train
     # get a zero row and a very low bias

@@ -143,6 +143,7 @@ class Trainer:
         self.loss_fn = make_loss(cfg.loss, data.class_counts(), cfg.label_smoothing, cfg.focal_gamma).to(device)
         self.eval_loss = torch.nn.CrossEntropyLoss()  # comparable across runs whatever the training loss
         self.steps_per_epoch = self.train_src.num_batches(drop_last=True)
+        self.report_every = 1 if device.type == "cpu" else 10  # steps between loss reads (device syncs)
         total_epochs = cfg.epochs + cfg.unfreeze_stages * cfg.stage_epochs
         saved = load_train_state(self.state_path) if resume and os.path.exists(self.state_path) else None
         self.emit(RunStarted(self.run_id, cfg.to_dict(), data.describe(), _device_name(device), total_epochs,
@@ -153,7 +154,7 @@ class Trainer:
         state = LoopState()
         if saved is None:
             baseline, weight, bias = linear_probe(model, self.train_src, self.val_src, self.test_src,
-                                                  len(data.classes), self.amp, cfg.seed)
+                                                  len(data.classes), self.amp, cfg.seed, cfg.channels_last)
             state.baseline = baseline
             self.emit(BaselineDone(self.run_id, baseline))
             if cfg.head_init == "linear_probe":
@@ -166,6 +167,9 @@ class Trainer:
         self._start_stage(state.stage, restoring=saved is not None)
         if saved is not None:
             state = self._restore(saved)
+        else:  # epoch 0: the starting point is validated and kept, so fine-tuning can only improve on it
+            self._close_epoch(state, {**self._validate(), **{f"lr_{k}": v for k, v in self._lrs().items()}},
+                              started=time.time(), count=False)
         status = "completed"
         while True:
             stage_epochs = cfg.epochs if state.stage == 0 else cfg.stage_epochs
@@ -244,10 +248,14 @@ class Trainer:
             with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 logits = self.forward(x)
             loss = self.loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingFailed(
-                    f"the loss became {loss.item()} at epoch {state.epoch + 1}, batch {b + 1}; training stopped "
-                    f"and the best checkpoint was kept. Lower the learning rate (now {cfg.lr:g}) or check the data.")
+            report = b % self.report_every == 0 or b == self.steps_per_epoch - 1
+            if report:  # reading the loss waits for the device: on a GPU, only every few steps
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingFailed(
+                        f"the loss became {loss_value} at epoch {state.epoch + 1}, batch {b + 1}; training stopped "
+                        f"and the best checkpoint was kept. Lower the learning rate (now {cfg.lr:g}) or check "
+                        "the data.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -259,8 +267,9 @@ class Trainer:
             preds.append(logits.detach().argmax(1))
             labels.append(y)
             seen += len(y)
-            self.emit(BatchEnd(self.run_id, state.epoch, state.step, b, self.steps_per_epoch, float(loss.detach()),
-                               self._lrs(), seen / max(1e-9, time.time() - t0)))
+            if report:
+                self.emit(BatchEnd(self.run_id, state.epoch, state.step, b, self.steps_per_epoch, loss_value,
+                                   self._lrs(), seen / max(1e-9, time.time() - t0)))
             if cfg.val_every_batches and state.step % cfg.val_every_batches == 0:
                 self.emit(Validated(self.run_id, state.epoch, state.step, self._evaluate(self.val_src, "val_")))
                 model.train()
@@ -270,27 +279,32 @@ class Trainer:
         metrics = {"train_loss": float(torch.stack(losses).mean()) if losses else math.nan,
                    **classification_metrics(y_true, y_pred, len(self.data.classes), "train_"),
                    **self._validate()}
+        if self.plateau is not None and math.isfinite(metrics["val_loss"]):
+            self.plateau.step(metrics["val_loss"])
+        metrics.update({f"lr_{k}": v for k, v in self._lrs().items()})
+        self._close_epoch(state, metrics, epoch_start)
+        return True
+
+    def _close_epoch(self, state: LoopState, metrics: dict[str, float], started: float, count: bool = True) -> None:
+        """Decide on the validation loss, checkpoint (best when it improved, full state always), report."""
         val_loss = metrics["val_loss"]
         if not math.isfinite(val_loss):
-            raise TrainingFailed(f"the validation loss became {val_loss} at epoch {state.epoch + 1}; the weights "
+            raise TrainingFailed(f"the validation loss became {val_loss} at epoch {state.epoch}; the weights "
                                  "diverged. The best checkpoint was kept. Lower the learning rate.")
-        if self.plateau is not None:
-            self.plateau.step(val_loss)
-        metrics.update({f"lr_{k}": v for k, v in self._lrs().items()})
-        metrics["epoch_seconds"] = time.time() - epoch_start
         metrics["stage"] = state.stage
         improved = val_loss < state.best_val_loss - 1e-6
-        state.epoch += 1
-        state.epoch_in_stage += 1
+        if count:
+            state.epoch += 1
+            state.epoch_in_stage += 1
         if improved:
             state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
-            save_model(model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
+            save_model(self.model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
         else:
             state.bad_epochs += 1
-        state.history.append({"epoch": state.epoch, **metrics})
         self._save_state(state)
+        metrics["epoch_seconds"] = time.time() - started
+        state.history.append({"epoch": state.epoch, **metrics})
         self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, improved, self.best_path))
-        return True
 
     def _validate(self) -> dict[str, float]:
         """The end-of-epoch validation that checkpoints, early stopping and stages decide on."""

@@ -31,21 +31,21 @@ def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_
     for trace in seen.values():
         steps = [s for s, _, _ in trace]
         assert steps == sorted(steps), "a snapshot went backwards"
-        assert trace[-1][2] == "completed" and trace[-1][1] == 2
+        assert trace[-1][2] == "completed" and trace[-1][1] == 3  # epochs 0, 1, 2
     final = manager.snapshot(run_id)
     assert final.progress == 1.0 and final.summary["run_id"] == run_id
     assert final.baseline and final.epochs[-1]["val_accuracy"] > 0
     assert any("val_accuracy" in s for s in final.steps)  # mid-epoch validation points
     # a second manager (a restarted process) sees the same run from the store
     again = JobManager(str(tmp_path)).snapshot(run_id)
-    assert again.status == "completed" and len(again.epochs) == 2
+    assert again.status == "completed" and len(again.epochs) == 3 and again.epoch == 2
 
 
 def test_stop_is_cooperative_and_the_run_can_be_resumed(small_digits_dir, tiny_config, tmp_path):
     manager = JobManager(str(tmp_path))
     run_id = manager.start(tiny_config.replace(epochs=20), small_digits_dir)
     deadline = time.time() + 120
-    while len(manager.snapshot(run_id).epochs) < 1 and time.time() < deadline:
+    while len(manager.snapshot(run_id).epochs) < 2 and time.time() < deadline:
         time.sleep(0.05)
     manager.stop(run_id, timeout=60)
     snap = manager.snapshot(run_id)

@@ -22,11 +22,11 @@ def test_short_run_beats_chance_clearly_and_records_the_baseline(digits_dir, tin
     run = RunStore(str(tmp_path)).get_run(summary["run_id"])
     assert run["status"] == "completed" and run["best_checkpoint"] == summary["best_checkpoint"]
     epochs = RunStore(str(tmp_path)).metrics(summary["run_id"], "epoch")
-    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]  # epoch 0: the probe-initialised starting point
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_precision",
                 "val_macro_recall", "val_macro_f1", "lr_head"):
         assert key in epochs[-1]
-    assert epochs[-1]["lr_head"] < epochs[0]["lr_head"]  # the cosine schedule decayed
+    assert epochs[-1]["lr_head"] < epochs[1]["lr_head"]  # the cosine schedule decayed
     meta = json.load(open(summary["best_checkpoint"].replace(".safetensors", ".json")))
     assert meta["classes"] == [str(i) for i in range(10)]
     assert meta["preprocess"]["input_size"] == 32 and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
@@ -48,7 +48,7 @@ def _script_val_losses(monkeypatch, losses):
 
 def test_early_stopping_stops_when_validation_stops_improving(small_digits_dir, tiny_config, tmp_path,
                                                              monkeypatch):
-    _script_val_losses(monkeypatch, [1.0, 0.9, 0.95, 0.92, 0.8, 0.7])
+    _script_val_losses(monkeypatch, [1.0, 0.95, 0.9, 0.93, 0.92, 0.8, 0.7])  # from epoch 0
     config = tiny_config.replace(epochs=8, early_stopping_patience=2)
     summary = start_run(config, small_digits_dir, str(tmp_path))
     assert summary["status"] == "early_stopped"
@@ -86,7 +86,7 @@ def test_nan_loss_fails_clearly_and_keeps_the_best_checkpoint(small_digits_dir, 
         start_run(tiny_config.replace(epochs=3), data, str(tmp_path))
     run = RunStore(str(tmp_path)).list_runs()[0]
     assert run["status"] == "failed" and "nan" in run["error"]
-    (path, digest), = best_hash.items()  # saved once, after epoch 1, and never overwritten
+    (path, digest), = best_hash.items()  # saved at epochs 0 and 1, untouched by the failure in epoch 2
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
 
 
@@ -100,8 +100,9 @@ def test_progressive_unfreezing_runs_stages_and_reverts_a_stage_that_hurts(small
                                                                          tmp_path, monkeypatch):
     events = []
     config = tiny_config.replace(epochs=1, unfreeze_stages=3, stage_epochs=1)
-    # stage 0 ends at 1.0, stage 1 improves to 0.8, stage 2 gets worse (0.9): reverted, stage 3 never runs
-    _script_val_losses(monkeypatch, [1.0, 0.8, 0.9])
+    # start 1.2, stage 0 ends at 1.0, stage 1 improves to 0.8, stage 2 gets worse (0.9): reverted, and
+    # stage 3 never runs
+    _script_val_losses(monkeypatch, [1.2, 1.0, 0.8, 0.9])
     summary = start_run(config, small_digits_dir, str(tmp_path), listeners=[events.append])
     stages = [(e.stage, e.frozen_groups, e.reverted) for e in events if type(e).__name__ == "StageChanged"]
     initial = next(e for e in events if type(e).__name__ == "RunStarted").frozen_groups
