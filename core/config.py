@@ -60,11 +60,11 @@ class TrainConfig:
     checkpoint_path: str | None = None  # the user's own weights (.safetensors or weights-only .pt/.pth)
     image_size: int | None = None  # None: the model's own input size
     freeze_ratio: float = 0.75  # share of the trunk's layer groups frozen, in forward order
-    bn_stats: str = "frozen"  # trunk BatchNorm running stats: frozen | trainable (groups') | all
+    bn_stats: str = "trainable"  # which trunk BatchNorm layers learn batch statistics: frozen|trainable|all
     adapter_layers: int = 0  # 0-4 hidden layers between trunk and head, for domains far from ImageNet
     adapter_dim: int = 256
-    dropout: float = 0.1  # before the head (low: a linear-probe head is already fitted)
-    head_init: str = "linear_probe"  # LP-FT: start the head from the frozen-feature linear probe
+    dropout: float = 0.1  # before the head
+    head_init: str = "random"  # or "linear_probe": start from the probe's head (LP-FT)
     # --- optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3  # head learning rate

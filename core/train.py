@@ -27,7 +27,7 @@ from .events import BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finish
 from .losses import make_loss
 from .metrics import classification_metrics
 from .model import TransferModel
-from .probe import linear_probe
+from .probe import extract_features, fit_linear_head, linear_probe, recalibrate_batchnorm
 from .schedules import make_scheduler
 
 COMPILE_MIN_STEPS = 1500  # below this, torch.compile's 16-40 s warm-up costs more than it saves
@@ -89,7 +89,8 @@ class LoopState:
     best_val_loss: float = math.inf
     best_epoch: int = -1
     stage_start_loss: float = math.inf
-    bad_epochs: int = 0
+    bad_epochs: int = 0  # fine-tuning epochs since validation last improved on `patience_best`
+    patience_best: float = math.inf
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -150,26 +151,32 @@ class Trainer:
                              self.steps_per_epoch, len(model.groups), initial_frozen,
                              saved["loop"]["step"] if saved else None))
 
-        # 2. baseline (frozen features + linear probe), which also gives the head its start
+        # 2. baseline: frozen pretrained features + a fitted linear head. It is validated as "epoch 0" and
+        #    kept as the first best checkpoint, so a run never ends worse (on val loss) than its baseline.
+        self.forward = _maybe_compile(model, cfg, device, self.steps_per_epoch * total_epochs)
         state = LoopState()
         if saved is None:
+            fresh_head = {k: v.clone() for k, v in model.head.state_dict().items()}
             baseline, weight, bias = linear_probe(model, self.train_src, self.val_src, self.test_src,
                                                   len(data.classes), self.amp, cfg.seed, cfg.channels_last)
             state.baseline = baseline
             self.emit(BaselineDone(self.run_id, baseline))
-            if cfg.head_init == "linear_probe":
-                with torch.no_grad():
-                    model.head.weight.copy_(weight.to(device))
-                    model.head.bias.copy_(bias.to(device))
-        self.forward = _maybe_compile(model, cfg, device, self.steps_per_epoch * total_epochs)
-
-        # 3. stages of epochs; a stage ends at its epoch budget or by early stopping
-        self._start_stage(state.stage, restoring=saved is not None)
-        if saved is not None:
-            state = self._restore(saved)
-        else:  # epoch 0: the starting point is validated and kept, so fine-tuning can only improve on it
+            self._set_head(weight, bias)
+            self._start_stage(0)
             self._close_epoch(state, {**self._validate(), **{f"lr_{k}": v for k, v in self._lrs().items()}},
                               started=time.time(), count=False)
+            # 3. the head fine-tuning starts from: a fresh one (default), or the probe's (LP-FT), refitted on
+            #    re-estimated statistics where trainable BatchNorm layers will normalise with batch statistics
+            if cfg.head_init == "random":
+                model.head.load_state_dict(fresh_head)
+            elif recalibrate_batchnorm(model, self.train_src, self.amp, cfg.channels_last):
+                x_train, y_train = extract_features(model, self.train_src, self.amp, cfg.channels_last)
+                self._set_head(*fit_linear_head(x_train, y_train, len(data.classes), cfg.seed)[:2])
+        else:
+            self._start_stage(0, restoring=True)
+            state = self._restore(saved)
+
+        # 4. stages of epochs; a stage ends at its epoch budget or by early stopping
         status = "completed"
         while True:
             stage_epochs = cfg.epochs if state.stage == 0 else cfg.stage_epochs
@@ -185,7 +192,7 @@ class Trainer:
             if status == "early_stopped":
                 status = "completed"
 
-        # 4. final evaluation of the best model
+        # 5. final evaluation of the best model
         return self._finish(state, status, time.time() - started)
 
     # --- stages ------------------------------------------------------------------------------------
@@ -293,18 +300,25 @@ class Trainer:
                                  "diverged. The best checkpoint was kept. Lower the learning rate.")
         metrics["stage"] = state.stage
         improved = val_loss < state.best_val_loss - 1e-6
-        if count:
+        if count:  # early stopping's patience counts fine-tuning epochs only, never against the baseline
             state.epoch += 1
             state.epoch_in_stage += 1
+            if val_loss < state.patience_best - 1e-6:
+                state.patience_best, state.bad_epochs = val_loss, 0
+            else:
+                state.bad_epochs += 1
         if improved:
-            state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, state.epoch, 0
+            state.best_val_loss, state.best_epoch = val_loss, state.epoch
             save_model(self.model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
-        else:
-            state.bad_epochs += 1
         self._save_state(state)
         metrics["epoch_seconds"] = time.time() - started
         state.history.append({"epoch": state.epoch, **metrics})
         self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, improved, self.best_path))
+
+    def _set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.model.head.weight.copy_(weight.to(self.device))
+            self.model.head.bias.copy_(bias.to(self.device))
 
     def _validate(self) -> dict[str, float]:
         """The end-of-epoch validation that checkpoints, early stopping and stages decide on."""
