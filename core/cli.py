@@ -12,6 +12,11 @@ import sys
 from .config import ConfigError, TrainConfig
 
 DEFAULT_RUNS_DIR = "runs"
+DELEGATED = {  # command -> (module with its own main(argv), help line)
+    "audit": (".audit", "audit a dataset: python -m core audit DATA [--json]"),
+    "bakeoff": (".bakeoff", "rank candidate backbones: python -m core bakeoff DATA --models a,b,c"),
+    "evaluate": (".evaluate", "evaluate a run: python -m core evaluate RUN_ID [--runs-dir DIR]"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR)
     runs.add_argument("--json", action="store_true")
 
-    audit = sub.add_parser("audit", add_help=False, help="audit a dataset: python -m core audit DATA [--json]")
-    audit.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, summary in DELEGATED.items():  # listed in --help; each parses its own arguments
+        sub.add_parser(name, add_help=False, help=summary[1]).add_argument("rest", nargs=argparse.REMAINDER)
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "audit":  # the audit command parses its own arguments
-        from .audit import main as audit_main
+    if argv and argv[0] in DELEGATED:
+        import importlib
 
-        return audit_main(argv[1:])
+        return importlib.import_module(DELEGATED[argv[0]][0], __package__).main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return {"train": _train, "models": _models, "runs": _runs}[args.command](args)
