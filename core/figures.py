@@ -1,0 +1,129 @@
+"""Plotly figures of evaluation results: the dashboard shows them, the HTML report inlines them.
+
+Each function takes one of our result dataclasses and returns a `plotly.graph_objects.Figure`; nothing
+here computes a metric. Plotly is imported when a figure is built, never at import time.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+_HEIGHT = 420
+
+
+def _go():
+    import plotly.graph_objects as go
+
+    return go
+
+
+def confusion_figure(evaluation, normalized: bool = True):
+    """Heatmap of the confusion matrix (rows: true class); colour by row share, text by counts."""
+    go = _go()
+    classes = list(evaluation.classes)
+    z = [list(r) for r in (evaluation.confusion_normalized if normalized else evaluation.confusion)]
+    text = [[f"{c}" for c in row] for row in evaluation.confusion]
+    fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}", colorscale="Blues",
+                               zmin=0, zmax=1 if normalized else None,
+                               hovertemplate="true %{y}, predicted %{x}: %{text} images<extra></extra>"))
+    fig.update_layout(title="Confusion matrix (colour: share of the true class)" if normalized else "Confusion matrix",
+                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      height=max(_HEIGHT, 30 * len(classes) + 150))
+    return fig
+
+
+def reliability_figure(evaluation):
+    """Reliability diagram: accuracy against confidence per bin, and the diagonal of perfect calibration."""
+    go = _go()
+    bins = [b for b in (evaluation.calibration.bins if evaluation.calibration else ()) if b["count"]]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line={"dash": "dash", "color": "grey"}))
+    fig.add_trace(go.Bar(x=[(b["lower"] + b["upper"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
+                         width=[b["upper"] - b["lower"] for b in bins], name="accuracy", opacity=0.7,
+                         customdata=[[b["count"], b["confidence"]] for b in bins],
+                         hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[1]:.3f}"
+                                       "<br>%{customdata[0]} images<extra></extra>"))
+    ece = evaluation.metrics.get("ece", float("nan"))
+    fig.update_layout(title=f"Reliability diagram (ECE {ece:.3f})", xaxis_title="confidence",
+                      yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1], height=_HEIGHT)
+    return fig
+
+
+def per_class_figure(evaluation):
+    go = _go()
+    classes = [row["class"] for row in evaluation.per_class]
+    fig = go.Figure([go.Bar(name=m, x=classes, y=[row[m] for row in evaluation.per_class])
+                     for m in ("precision", "recall", "f1")])
+    fig.update_layout(title="Per-class precision, recall and F1", barmode="group", yaxis_range=[0, 1],
+                      height=_HEIGHT)
+    return fig
+
+
+def _error_bars(values: Sequence[float], intervals: Sequence[Any]) -> dict[str, Any]:
+    plus = [max(0.0, iv[1] - v) if iv else 0.0 for v, iv in zip(values, intervals)]
+    minus = [max(0.0, v - iv[0]) if iv else 0.0 for v, iv in zip(values, intervals)]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}
+
+
+def models_figure(models: Sequence[Any]):
+    """The fine-tuned model and its baselines: accuracy and macro-F1 with bootstrap 95% intervals."""
+    go = _go()
+    names = [m.name for m in models]
+    fig = go.Figure()
+    for metric in ("accuracy", "macro_f1"):
+        values = [m.metrics.get(metric, float("nan")) for m in models]
+        fig.add_trace(go.Bar(name=metric.replace("_", " "), x=names, y=values,
+                             error_y=_error_bars(values, [m.intervals.get(metric) for m in models])))
+    fig.update_layout(title="Fine-tuned model and baselines on the same test images (95% bootstrap intervals)",
+                      barmode="group", yaxis_range=[0, 1.05], height=_HEIGHT)
+    return fig
+
+
+def robustness_figure(robustness):
+    """Accuracy per corruption against severity, with the clean accuracy as a line."""
+    go = _go()
+    fig = go.Figure()
+    names = list(dict.fromkeys(s.corruption for s in robustness.scores))
+    for name in names:
+        rows = [s for s in robustness.scores if s.corruption == name]
+        fig.add_trace(go.Scatter(x=[0] + [s.severity for s in rows],
+                                 y=[robustness.clean_accuracy] + [s.accuracy for s in rows],
+                                 mode="lines+markers", name=name.replace("_", " ")))
+    fig.update_layout(title="Accuracy under corruption (severity 0: clean)", xaxis_title="severity",
+                      yaxis_title="accuracy", xaxis_dtick=1, yaxis_range=[0, 1.05], height=_HEIGHT)
+    return fig
+
+
+def costs_figure(costs: Sequence[Any], currency: str = ""):
+    go = _go()
+    values = [c.cost_per_month for c in costs]
+    fig = go.Figure(go.Bar(x=[c.model for c in costs], y=values,
+                           error_y=_error_bars(values, [c.cost_per_month_interval for c in costs])))
+    fig.update_layout(title=f"Cost of errors per month{' (' + currency + ')' if currency else ''}, 95% interval",
+                      yaxis_title="cost per month", height=_HEIGHT)
+    return fig
+
+
+def bakeoff_figure(result):
+    """Validation accuracy against latency per image at batch 1; bubble area ~ parameters; recommended ringed."""
+    go = _go()
+    rows = list(result.candidates)
+    largest = max((r.parameters for r in rows), default=1) or 1
+    sizes = [12 + 48 * math.sqrt(r.parameters / largest) for r in rows]
+    acc = [r.linear["accuracy"] for r in rows]
+    fig = go.Figure(go.Scatter(
+        x=[r.latency_ms_batch1 for r in rows], y=acc, mode="markers+text", text=[r.name for r in rows],
+        textposition="top center", error_y=_error_bars(acc, [r.linear_intervals.get("accuracy") for r in rows]),
+        marker={"size": sizes, "opacity": 0.6,
+                "line": {"width": [4 if r.name == result.recommendation else 1 for r in rows], "color": "black"}},
+        customdata=[[r.parameters / 1e6, r.latency_ms_batch, r.knn["accuracy"], r.peak_memory_mb] for r in rows],
+        hovertemplate="%{text}<br>val accuracy %{y:.3f}<br>%{x:.1f} ms/image at batch 1, "
+                      "%{customdata[1]:.1f} at batch " + str(result.latency_batch) +
+                      "<br>%{customdata[0]:.1f} M parameters<br>k-NN accuracy %{customdata[2]:.3f}"
+                      "<br>peak memory %{customdata[3]:.0f} MiB<extra></extra>"))
+    fig.update_layout(title=f"Bake-off: validation accuracy (linear probe, 95% interval) vs latency; "
+                            f"recommended: {result.recommendation}",
+                      xaxis_title=f"latency per image at batch 1, ms ({result.device}, {result.dtype})",
+                      yaxis_title="validation accuracy", height=_HEIGHT)
+    return fig

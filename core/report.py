@@ -1,0 +1,595 @@
+"""The audit of a trained run: is it good, is it better than the simple things, will it hold up, what do its
+errors cost. One call, `build_report`, returns one typed `EvaluationReport`; `write_report` exports it as a
+self-contained HTML file (plotly inlined, so it opens offline) plus the metrics as JSON and CSV.
+
+What the report holds, all on the same test images:
+1. the fine-tuned model's evaluation (core.evaluate.summarize): metrics with bootstrap 95% intervals,
+   per-class scores, confusion matrix, calibration, misclassified and highest-loss images;
+2. baselines side by side (core.baselines): majority class, colour + HOG with logistic regression, the
+   frozen pretrained trunk with a linear head, optionally the same architecture trained from scratch;
+   McNemar's test between the fine-tuned model and the best baseline, and a plain verdict;
+3. deployment figures measured on this device (core.latency);
+4. accuracy under corruptions at three severities, and on a second data source when given (core.robustness);
+5. the cost of each model's errors per month, when costs are given (core.impact).
+
+`python -m core evaluate RUN_ID ...` is `main` below.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import dataclasses
+import html
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .corruptions import CORRUPTIONS, SEVERITIES, CorruptionError
+from .evaluate import EvaluationError, Predictions, RunEvaluation, best_checkpoint, predict_images, \
+    recorded_baseline, summarize
+from .impact import CostError, CostModel, ModelCost, error_costs, parse_class_costs
+from .latency import DeploymentProfile
+from .robustness import DriftResult, RobustnessResult
+from .stats import McNemarResult, mcnemar
+
+FINE_TUNED = "fine-tuned"
+REPORT_FILES = {"html": "report.html", "json": "metrics.json", "csv": "metrics.csv"}
+N_THUMBNAILS = 24  # misclassified images shown as pictures in the HTML report
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    split: str = "test"  # the run's split to evaluate on
+    data: str | None = None  # evaluate on this data instead (images the run trained/validated on are left out)
+    drift_data: str | None = None  # a second source, reported as drift next to the test split
+    workspace_dir: str | None = None  # where data sources are ingested (default: the runs directory)
+    device: str = "auto"
+    batch_size: int = 64
+    baselines: bool = True  # majority class, colour + HOG, linear probe (seconds to a minute)
+    from_scratch: bool = False  # also train the architecture from random weights with the run's budget (slow)
+    max_baseline_train: int = 10_000  # baselines fit on at most this many training images (stratified)
+    corruptions: tuple[str, ...] = CORRUPTIONS  # () skips the robustness sweep
+    severities: tuple[int, ...] = SEVERITIES
+    latency: bool = True
+    latency_batch: int = 32
+    latency_budget_s: float = 1.0  # timed repeats per batch size
+    costs: CostModel | None = None
+    n_boot: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvaluationOptions":
+        d = dict(d)
+        if isinstance(d.get("costs"), dict):
+            d["costs"] = CostModel.from_dict(d["costs"])
+        for key in ("corruptions", "severities"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One row of the side-by-side comparison."""
+
+    name: str  # "fine-tuned", "majority class", "colour + HOG", "linear probe", "from scratch"
+    kind: str  # "fine-tuned" | "baseline"
+    metrics: dict[str, float]  # accuracy, macro precision/recall/F1, log_loss, ...
+    intervals: dict[str, tuple[float, float]]  # bootstrap 95%: accuracy, macro_f1, log_loss
+    seconds: float  # to fit (baselines) or to predict (the fine-tuned model)
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    run_id: str
+    model: str  # architecture name
+    split: str  # "test", or "data:<source>" when evaluated on other data
+    classes: tuple[str, ...]
+    device: str
+    evaluation: RunEvaluation  # the fine-tuned model, in full
+    models: tuple[ModelScore, ...]  # fine-tuned first, then the baselines
+    comparison: McNemarResult | None  # fine-tuned vs the best baseline
+    fine_tuning_helped: bool | None  # None when no baseline was computed
+    verdict: str  # in words, for the top of the report
+    deployment: DeploymentProfile | None
+    robustness: RobustnessResult | None
+    drift: DriftResult | None
+    costs: tuple[ModelCost, ...]
+    options: EvaluationOptions
+    notes: tuple[str, ...]  # what a reader should know (left-out images, subsampled baselines, ...)
+    seconds: float
+    files: dict[str, str] = field(default_factory=dict)  # html/json/csv paths, once written
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- build
+def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = EvaluationOptions(),
+                 progress: Callable[[str], None] = lambda message: None) -> EvaluationReport:
+    """Evaluate a finished run against its baselines, on this device; see the module docstring."""
+    from . import baselines as bl
+    from .checkpoint import load_model
+    from .data import build_cache
+    from .latency import deployment_profile
+    from .robustness import corruption_sweep, drift, drift_images
+    from .runs import run_inputs
+    from .store import RunStore
+    from .train import resolve_amp, resolve_device
+
+    started = time.time()
+    store = RunStore(runs_dir)
+    weights = best_checkpoint(store, run_id)
+    config, data = run_inputs(store, run_id)
+    model, pre, meta = load_model(weights)
+    classes = tuple(meta["classes"])
+    device = resolve_device(options.device)
+    workspace = options.workspace_dir or runs_dir
+    seen = _seen_sha256(store, run_id)
+    notes: list[str] = []
+    cpu = torch.device("cpu")
+
+    # 1. the images evaluated on, decoded once (the sweep re-predicts them 15 times)
+    if options.data:
+        paths, labels, excluded, unknown = drift_images(options.data, classes, seen, workspace)
+        split_name = f"data:{options.data}"
+        left_out = f"; unknown classes left out: {', '.join(unknown)}" if unknown else ""
+        notes.append(f"evaluated on {options.data}: {len(paths)} images; {excluded} left out as copies of the "
+                     f"run's train/val images{left_out}")
+    else:
+        part = getattr(data, options.split, None)
+        if part is None or not len(part):
+            raise EvaluationError(f"run {run_id} has no {options.split!r} split; evaluate on 'val' or give data "
+                                  "with a test set (--data)")
+        paths, labels, split_name = list(part.paths), list(part.labels), options.split
+    y_true = np.asarray(labels, dtype=np.int64)
+    progress(f"decoding {len(paths)} {split_name} images")
+    test_images = build_cache(paths, pre, cpu)
+
+    # 2. the fine-tuned model
+    t0 = time.time()
+    probs = predict_images(model, pre, test_images, device, options.batch_size)
+    pred = Predictions(classes, tuple(paths), y_true, probs)
+    recorded = recorded_baseline(store, run_id, split_name) if not options.data else {}
+    evaluation = summarize(pred, run_id, split_name, recorded, n_boot=options.n_boot, seed=options.seed)
+    scores = [_score(FINE_TUNED, FINE_TUNED, evaluation, time.time() - t0,
+                     f"{meta['architecture_name']} fine-tuned (run {run_id})")]
+    predicted = {FINE_TUNED: pred.y_pred}
+    progress(f"fine-tuned: accuracy {evaluation.metrics['accuracy']:.4f}")
+
+    # 3. baselines, fitted on the run's training images
+    if options.baselines or options.from_scratch:
+        train_idx = _stratified(np.asarray(data.train.labels), options.max_baseline_train, options.seed)
+        if len(train_idx) < len(data.train):
+            notes.append(f"baselines were fitted on {len(train_idx)} of the {len(data.train)} training images "
+                         "(stratified sample; max_baseline_train)")
+        y_train = np.asarray(data.train.labels)[train_idx]
+        progress(f"decoding {len(train_idx)} training images for the baselines")
+        train_images = build_cache([data.train.paths[i] for i in train_idx], pre, cpu)
+
+        def add(name: str, kind_description: str, fit: Callable[[], np.ndarray]) -> None:
+            t = time.time()
+            p = fit()
+            ev = summarize(Predictions(classes, tuple(paths), y_true, p), run_id, split_name,
+                           n_boot=options.n_boot, seed=options.seed)
+            scores.append(_score(name, "baseline", ev, time.time() - t, kind_description))
+            predicted[name] = p.argmax(1)
+            progress(f"{name}: accuracy {ev.metrics['accuracy']:.4f}")
+
+        described = bl.describe()
+        if options.baselines:
+            add("majority class", described["majority class"],
+                lambda: bl.majority_class(y_train, len(classes), len(y_true)))
+            add("colour + HOG", described["colour + HOG"],
+                lambda: bl.heuristic(train_images, y_train, test_images, len(classes), options.seed))
+
+            def probe() -> np.ndarray:
+                from .backbones import load_backbone
+
+                trunk = load_backbone(config.model, config.checkpoint_path).trunk
+                return bl.linear_probe(trunk, pre, train_images, y_train, test_images, len(classes), device,
+                                       resolve_amp(config.amp, device), options.seed)
+            add("linear probe", described["linear probe"], probe)
+            if recorded.get(f"{split_name}_accuracy") is not None:
+                notes.append(f"the run recorded its linear probe at {split_name} accuracy "
+                             f"{recorded[split_name + '_accuracy']:.4f}; "
+                             f"recomputed here: {scores[-1].metrics['accuracy']:.4f} (fp32 features, per-image "
+                             "predictions kept for the paired test)")
+        if options.from_scratch:
+            def scratch() -> np.ndarray:
+                val_images = build_cache(list(data.val.paths), pre, cpu)
+                net, info = bl.train_from_scratch(config, len(classes), pre, train_images, y_train, val_images,
+                                                  data.val.labels, device, progress)
+                notes.append(f"from scratch: {info['epochs_run']} epochs run (budget "
+                             f"{config.epochs + config.unfreeze_stages * config.stage_epochs}), best at epoch "
+                             f"{info['best_epoch']}, {info['seconds']:.0f} s")
+                return predict_images(net, pre, test_images, device, options.batch_size)
+            add("from scratch", described["from scratch"], scratch)
+
+    # 4. the verdict: did fine-tuning beat the best baseline, beyond chance on these images?
+    comparison, helped, verdict = _verdict(scores, predicted, y_true)
+
+    # 5. deployment, robustness, drift, costs
+    deployment = None
+    if options.latency:
+        progress("measuring latency and memory")
+        deployment = deployment_profile(model, pre.input_size, weights, device, options.latency_batch,
+                                        budget_s=options.latency_budget_s)
+    robustness = None
+    if options.corruptions:
+        robustness = corruption_sweep(model, pre, test_images, y_true, device, options.corruptions,
+                                      options.severities, probs, options.batch_size, options.seed, progress)
+    drift_result = None
+    if options.drift_data:
+        progress(f"drift: evaluating on {options.drift_data}")
+        drift_result = drift(model, pre, options.drift_data, classes, seen, workspace,
+                             evaluation.metrics["accuracy"], device, run_id, options.batch_size)
+        if drift_result.excluded_overlap:
+            notes.append(f"drift: {drift_result.excluded_overlap} images of {options.drift_data} are copies of the "
+                         "run's train/val images and were left out")
+    costs: tuple[ModelCost, ...] = ()
+    if options.costs is not None:
+        costs = error_costs(y_true, predicted, classes, options.costs, options.seed)
+
+    return EvaluationReport(run_id, meta["architecture_name"], split_name, classes, _device_text(device), evaluation,
+                            tuple(scores), comparison, helped, verdict, deployment, robustness, drift_result, costs,
+                            options, tuple(notes), time.time() - started)
+
+
+def _score(name: str, kind: str, ev: RunEvaluation, seconds: float, description: str) -> ModelScore:
+    return ModelScore(name, kind, dict(ev.metrics), dict(ev.intervals), seconds, description)
+
+
+def _verdict(scores: Sequence[ModelScore], predicted: dict[str, np.ndarray], y_true: np.ndarray
+             ) -> tuple[McNemarResult | None, bool | None, str]:
+    baselines = [s for s in scores if s.kind == "baseline"]
+    if not baselines:
+        return None, None, "No baselines were computed, so there is nothing to say whether fine-tuning helped."
+    ft = scores[0]
+    best = max(baselines, key=lambda s: (s.metrics["accuracy"], s.metrics["macro_f1"]))
+    test = mcnemar(y_true, predicted[FINE_TUNED], predicted[best.name], FINE_TUNED, best.name)
+    a, b = ft.metrics["accuracy"], best.metrics["accuracy"]
+    where = f"on {len(y_true)} test images (McNemar {test.method}, p = {test.p_value:.3g})"
+    if a > b and test.significant():
+        return test, True, (f"Fine-tuning helped: accuracy {a:.1%} against {b:.1%} for the best baseline "
+                            f"({best.name}), a difference unlikely to be chance {where}.")
+    if a > b:
+        return test, False, (f"Fine-tuning did not clearly help: accuracy {a:.1%} against {b:.1%} for the best "
+                             f"baseline ({best.name}), a difference that could be chance {where}. The simpler "
+                             "model may serve as well; more test images would settle it.")
+    if a == b:
+        return test, False, (f"Fine-tuning did not help: the fine-tuned model and the best baseline ({best.name}) "
+                             f"both score {a:.1%} {where}.")
+    return test, False, (f"Fine-tuning did not help: the best baseline ({best.name}) scores {b:.1%}, the "
+                         f"fine-tuned model {a:.1%} {where}. Prefer the baseline, or revisit the recipe "
+                         "(learning rate, freeze_ratio, epochs).")
+
+
+def _seen_sha256(store, run_id: str) -> set[str]:
+    """Content hashes of the run's train and val images (from its split manifest)."""
+    from .runs import MANIFEST_FILE
+    from .splits import read_manifest
+
+    path = os.path.join(store.run_dir(run_id), MANIFEST_FILE)
+    if not os.path.exists(path):
+        return set()
+    return {r.sha256 for r in read_manifest(path).rows if r.split in ("train", "val")}
+
+
+def _stratified(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    from .bakeoff import stratified_subset
+
+    return stratified_subset(labels, n, seed) if n and n < len(labels) else np.arange(len(labels))
+
+
+def _device_text(device: torch.device) -> str:
+    from .latency import device_description
+
+    return device_description(device)
+
+
+# --------------------------------------------------------------------------------------------- export
+def write_report(report: EvaluationReport, folder: str) -> EvaluationReport:
+    """report.html (self-contained), metrics.json and metrics.csv in `folder`; returns the report with `files`."""
+    os.makedirs(folder, exist_ok=True)
+    files = {kind: os.path.join(os.path.abspath(folder), name) for kind, name in REPORT_FILES.items()}
+    report = dataclasses.replace(report, files=files)
+    with open(files["html"], "w", encoding="utf-8") as f:
+        f.write(render_html(report))
+    with open(files["json"], "w", encoding="utf-8") as f:
+        json.dump(jsonable(report.to_dict()), f, indent=1)
+    with open(files["csv"], "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["section", "model", "name", "value", "low", "high"])
+        writer.writeheader()
+        writer.writerows(metric_rows(report))
+    return report
+
+
+def metric_rows(report: EvaluationReport) -> list[dict[str, Any]]:
+    """The report's numbers as flat rows: section, model, name, value, low, high (the CSV export)."""
+    rows: list[dict[str, Any]] = []
+    for m in report.models:
+        for name, value in m.metrics.items():
+            low, high = m.intervals.get(name, ("", ""))
+            rows.append({"section": "metrics", "model": m.name, "name": name, "value": value, "low": low,
+                         "high": high})
+    for row in report.evaluation.per_class:
+        for name in ("precision", "recall", "f1", "support"):
+            rows.append({"section": "per_class", "model": FINE_TUNED, "name": f"{row['class']}/{name}",
+                         "value": row[name], "low": "", "high": ""})
+    if report.comparison:
+        rows.append({"section": "mcnemar", "model": report.comparison.model_b, "name": "p_value",
+                     "value": report.comparison.p_value, "low": "", "high": ""})
+    if report.deployment:
+        d = report.deployment
+        for name, value in (("parameters", d.parameters), ("file_size_mb", d.file_size_mb),
+                            *((k, v) for k, v in d.latency.to_dict().items() if isinstance(v, (int, float)))):
+            rows.append({"section": "deployment", "model": FINE_TUNED, "name": name, "value": value, "low": "",
+                         "high": ""})
+    if report.robustness:
+        rows.append({"section": "robustness", "model": FINE_TUNED, "name": "clean/accuracy",
+                     "value": report.robustness.clean_accuracy, "low": "", "high": ""})
+        for s in report.robustness.scores:
+            rows.append({"section": "robustness", "model": FINE_TUNED, "name": f"{s.corruption}/{s.severity}",
+                         "value": s.accuracy, "low": "", "high": ""})
+    if report.drift:
+        rows.append({"section": "drift", "model": FINE_TUNED, "name": "accuracy", "value": report.drift.accuracy,
+                     "low": "", "high": ""})
+    for c in report.costs:
+        rows.append({"section": "costs", "model": c.model, "name": "cost_per_month", "value": c.cost_per_month,
+                     "low": c.cost_per_month_interval[0], "high": c.cost_per_month_interval[1]})
+    return rows
+
+
+def jsonable(obj: Any) -> Any:
+    """NaN and infinities as null: strict JSON for other tools."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _thumbnail(path: str, side: int = 96) -> str:
+    """A data: URI of a small PNG of the image, or "" if it cannot be read."""
+    try:
+        from .ingest import load_rgb
+
+        img = load_rgb(path)
+        img.thumbnail((side, side))
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    except Exception:  # a moved or unreadable file: the row still lists it
+        return ""
+
+
+def render_html(report: EvaluationReport) -> str:
+    """The whole report as one HTML document; plotly.js is inlined once, so it needs no network."""
+    from . import figures
+
+    ev = report.evaluation
+    figs: list[tuple[str, Any]] = [("models", figures.models_figure(report.models)),
+                                   ("confusion", figures.confusion_figure(ev)),
+                                   ("per-class", figures.per_class_figure(ev)),
+                                   ("reliability", figures.reliability_figure(ev))]
+    if report.robustness:
+        figs.append(("robustness", figures.robustness_figure(report.robustness)))
+    if report.costs:
+        figs.append(("costs", figures.costs_figure(report.costs, report.options.costs.currency
+                                                   if report.options.costs else "")))
+    rendered = {name: fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{name}")
+                for i, (name, fig) in enumerate(figs)}
+
+    parts = [f"<h1>Evaluation of run {html.escape(report.run_id)}</h1>",
+             f"<p>{html.escape(report.model)} on the {html.escape(report.split)} split: {ev.n_images} images, "
+             f"{len(report.classes)} classes; {html.escape(report.device)}; built in {report.seconds:.1f} s.</p>",
+             f'<p class="verdict"><strong>{html.escape(report.verdict)}</strong></p>']
+    if report.notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    parts.append("<h2>Fine-tuned model and baselines</h2>")
+    parts.append(_table(["model", "accuracy", "95% interval", "macro F1", "95% interval", "log loss", "seconds",
+                         "what it is"],
+                        [[m.name, m.metrics.get("accuracy"), _interval(m.intervals.get("accuracy")),
+                          m.metrics.get("macro_f1"), _interval(m.intervals.get("macro_f1")),
+                          m.metrics.get("log_loss"), m.seconds, m.description] for m in report.models], "models"))
+    if report.comparison:
+        c = report.comparison
+        parts.append(f"<p>McNemar's test, {html.escape(c.model_a)} vs {html.escape(c.model_b)}: "
+                     f"{c.a_only_correct} images right only for {html.escape(c.model_a)}, {c.b_only_correct} only for "
+                     f"{html.escape(c.model_b)}; p = {c.p_value:.3g} ({html.escape(c.method)}).</p>")
+    parts.append(rendered["models"])
+    parts.append("<h2>Metrics of the fine-tuned model</h2>")
+    parts.append(_table(["metric", "value", "95% interval"],
+                        [[k, v, _interval(ev.intervals.get(k))] for k, v in ev.metrics.items()], "metrics"))
+    parts.append("<h2>Confusion matrix</h2><p>Rows: true class; columns: predicted class.</p>")
+    parts.append(_table(["true \\ predicted", *report.classes],
+                        [[c, *row] for c, row in zip(report.classes, ev.confusion)], "confusion-matrix"))
+    parts.append(rendered["confusion"])
+    parts.append("<h2>Per class</h2>")
+    parts.append(_table(["class", "precision", "recall", "F1", "support"],
+                        [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class],
+                        "per-class"))
+    parts.append(rendered["per-class"])
+    parts.append("<h2>Calibration</h2>")
+    parts.append(rendered["reliability"])
+    parts.append("<h2>Error analysis</h2><h3>Most confused class pairs</h3>")
+    parts.append(_table(["true", "predicted as", "images", "share of the true class"],
+                        [[p["true"], p["predicted"], p["count"], p["share"]] for p in ev.confused_pairs],
+                        "confused-pairs"))
+    parts.append(f"<h3>Misclassified images ({len(ev.misclassified)}), most confident first</h3>")
+    rows = []
+    for i, m in enumerate(ev.misclassified):
+        thumb = _thumbnail(m["path"]) if i < N_THUMBNAILS else ""
+        img = f'<img src="{thumb}" alt="" width="64">' if thumb else ""
+        rows.append(f"<tr><td>{img}</td><td>{html.escape(m['path'])}</td><td>{html.escape(m['true'])}</td>"
+                    f"<td>{html.escape(m['predicted'])}</td><td>{m['confidence']:.3f}</td></tr>")
+    parts.append('<table id="misclassified"><thead><tr><th></th><th>path</th><th>true</th><th>predicted</th>'
+                 f"<th>confidence</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    parts.append("<h3>Highest-loss images</h3>")
+    parts.append(_table(["path", "true", "predicted", "p(true)", "loss"],
+                        [[h["path"], h["true"], h["predicted"], h["p_true"], h["loss"]] for h in ev.highest_loss],
+                        "highest-loss"))
+    if report.deployment:
+        d = report.deployment
+        lat = d.latency
+        parts.append("<h2>Deployment, measured on this device</h2>")
+        parts.append(_table(["figure", "value"], [
+            ["parameters", f"{d.parameters:,}"], ["weights file, MiB", d.file_size_mb if d.file_size_mb else "-"],
+            ["device", lat.device], ["precision", lat.dtype], ["input", f"{lat.image_size} px"],
+            ["latency per image, batch 1, ms", lat.latency_ms_batch1],
+            [f"latency per image, batch {lat.batch_size}, ms", lat.latency_ms_batch],
+            [f"throughput at batch {lat.batch_size}, images/s", lat.throughput_per_s],
+            [f"peak memory at batch {lat.batch_size}, MiB", lat.peak_memory_mb],
+            ["memory measured as", lat.memory_method],
+            ["load average when measured", lat.load_average if lat.load_average is not None else "-"],
+        ], "deployment"))
+    if report.robustness:
+        r = report.robustness
+        parts.append("<h2>Robustness to corruptions</h2>")
+        parts.append(f"<p>Clean accuracy {r.clean_accuracy:.4f}; mean under corruption "
+                     f"{r.mean_corrupted_accuracy:.4f}; largest drop: {html.escape(r.worst)}.</p>")
+        parts.append(_table(["corruption", "severity", "parameter", "accuracy", "drop"],
+                            [[s.corruption, s.severity, s.parameter, s.accuracy, s.drop] for s in r.scores],
+                            "robustness"))
+        parts.append(rendered["robustness"])
+    if report.drift:
+        d = report.drift
+        parts.append("<h2>Second data source (drift)</h2>")
+        parts.append(_table(["source", "images", "left out (seen in training)", "accuracy", "macro F1",
+                             "test-split accuracy"],
+                            [[d.source, d.n_images, d.excluded_overlap, d.accuracy, d.macro_f1,
+                              d.reference_accuracy]], "drift"))
+    if report.costs:
+        cm = report.options.costs
+        parts.append("<h2>Cost of errors</h2>")
+        parts.append(f"<p>{cm.monthly_volume:,.0f} images per month; {html.escape(json.dumps(cm.to_dict()))}</p>")
+        parts.append(_table(["model", "error rate", "errors per month", "cost per image", "cost per month",
+                             "95% interval"],
+                            [[c.model, c.error_rate, c.errors_per_month, c.cost_per_image, c.cost_per_month,
+                              _interval(c.cost_per_month_interval, 2)] for c in report.costs], "costs"))
+        parts.append(rendered["costs"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+             ".verdict{font-size:1.15em}")
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+            f"<title>Evaluation of run {html.escape(report.run_id)}</title><style>{style}</style></head>"
+            f"<body>{''.join(parts)}</body></html>")
+
+
+def _interval(iv: Any, digits: int = 4) -> str:
+    return f"[{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]" if iv else "-"
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # exit code 2 comes from main, not from argparse's sys.exit
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m core evaluate RUN_ID [...]` (argv excludes "evaluate"). The last stdout line is the
+    report as JSON; progress goes to stderr. Exit status 0 on success, 2 on bad input."""
+    parser = _Parser(prog="python -m core evaluate",
+                     description="Evaluate a run: metrics, baselines, deployment, robustness, cost of errors.")
+    parser.add_argument("run_id")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--data", help="evaluate on this data instead of the run's test split (images the run "
+                        "trained or validated on are left out)")
+    parser.add_argument("--drift", dest="drift_data", help="a second data source, reported as drift")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--workspace", help="where --data / --drift are ingested (default: the runs directory)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-baselines", action="store_true", help="skip majority / colour+HOG / linear probe")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="also train the architecture from random weights with the run's budget (slow)")
+    parser.add_argument("--corruptions", default=",".join(CORRUPTIONS),
+                        help=f"comma-separated, or 'none' (choices: {', '.join(CORRUPTIONS)})")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--latency-batch", type=int, default=32)
+    parser.add_argument("--volume", type=float, help="images classified per month (enables the cost of errors)")
+    parser.add_argument("--error-cost", type=float, default=0.0, help="cost of any misclassification")
+    parser.add_argument("--fp-cost", help="cost of a false positive: 5, or class=5,other=2, or 1,cat=5")
+    parser.add_argument("--fn-cost", help="cost of a false negative, same forms as --fp-cost")
+    parser.add_argument("--currency", default="")
+    parser.add_argument("--report-dir", help="where report.html, metrics.json, metrics.csv go "
+                        "(default: RUNS_DIR/RUN_ID/evaluation)")
+    parser.add_argument("--no-report", action="store_true", help="print the JSON only, write no files")
+    parser.add_argument("--seed", type=int, default=0)
+    from .catalog import CatalogError
+    from .data import DataError
+    from .ingest import IngestError
+    from .splits import SplitError
+    from .store import RunNotFound
+
+    try:
+        args = parser.parse_args(argv)
+        corruptions = () if args.corruptions.strip().lower() in ("", "none") else \
+            tuple(c.strip() for c in args.corruptions.split(",") if c.strip())
+        bad = [c for c in corruptions if c not in CORRUPTIONS]
+        if bad:
+            raise CorruptionError(f"unknown corruption(s) {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
+        costs = None
+        if args.volume is not None or args.fp_cost or args.fn_cost or args.error_cost:
+            fp_default, fp = parse_class_costs(args.fp_cost)
+            fn_default, fn = parse_class_costs(args.fn_cost)
+            costs = CostModel(args.volume or 0.0, args.error_cost, fp, fn, fp_default, fn_default, args.currency)
+        options = EvaluationOptions(args.split, args.data, args.drift_data, args.workspace, args.device,
+                                    args.batch_size, not args.no_baselines, args.from_scratch,
+                                    corruptions=corruptions, latency=not args.no_latency,
+                                    latency_batch=args.latency_batch, costs=costs, seed=args.seed)
+        report = build_report(args.runs_dir, args.run_id, options,
+                              progress=lambda m: print(m, file=sys.stderr, flush=True))
+        if not args.no_report:
+            report = write_report(report, args.report_dir or os.path.join(args.runs_dir, args.run_id, "evaluation"))
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (EvaluationError, RunNotFound, CatalogError, CostError, CorruptionError, DataError, IngestError,
+            SplitError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(json.dumps({"status": "error", "error": str(exc)}))
+        return 2
+    print(report.verdict, file=sys.stderr)
+    if report.files:
+        print(f"report: {report.files['html']}", file=sys.stderr)
+    print(json.dumps(jsonable(report.to_dict())))
+    return 0

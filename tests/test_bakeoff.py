@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+
+from core.bakeoff import CandidateResult, main, recommend, stratified_subset
+
+
+def test_stratified_subset_keeps_class_shares_and_every_class():
+    labels = np.array([0] * 600 + [1] * 300 + [2] * 100)
+    idx = stratified_subset(labels, 100, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [60, 30, 10]
+    assert len(set(idx)) == len(idx) and (np.diff(idx) > 0).all()
+    rare = np.array([0] * 990 + [1] * 10)
+    assert 1 in rare[stratified_subset(rare, 50, seed=0)]
+    assert len(stratified_subset(labels, None)) == len(labels) == len(stratified_subset(labels, 5000))
+
+
+def _candidate(name, accuracy, interval, params, latency=10.0):
+    return CandidateResult(name, name, True, "", params, 1280, 224, {"accuracy": accuracy}, {"accuracy": interval},
+                           {"accuracy": accuracy}, {}, latency, latency / 4, 100.0, 50.0, 1.0, {})
+
+
+def test_recommendation_prefers_the_smaller_model_unless_the_larger_is_clearly_better():
+    big = _candidate("big", 0.90, (0.85, 0.95), 10_000_000)
+    small = _candidate("small", 0.88, (0.83, 0.93), 4_000_000)
+    name, reason = recommend([big, small])
+    assert name == "small" and "smaller" in reason
+    weak = _candidate("small", 0.75, (0.70, 0.80), 4_000_000)
+    assert recommend([big, weak])[0] == "big"
+    # the same size (same architecture): the more accurate one
+    twin = _candidate("twin", 0.86, (0.80, 0.92), 10_000_000, latency=1.0)
+    assert recommend([twin, big])[0] == "big"
+
+
+@pytest.fixture(scope="module")
+def faces_dir(tmp_path_factory) -> str:
+    """Is this face upright? scikit-image's 100 LFW faces (25 px): each as it is, mirrored and slightly rotated,
+    upright and upside down (600 images).
+
+    A task for learned features. On scikit-learn's digits, random-weight features beat ImageNet ones
+    (strokes on a plain ground, far from photos), so digits cannot show what pretraining buys."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for label in ("upright", "upside_down"):
+        (root / label).mkdir()
+    for i, face in enumerate(lfw_subset()[:100]):
+        img = Image.fromarray((face * 255).astype(np.uint8)).convert("RGB")
+        variants = (img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                    img.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR))
+        for v, x in enumerate(variants):
+            x.save(root / "upright" / f"{i:03d}_{v}.png")
+            x.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(root / "upside_down" / f"{i:03d}_{v}.png")
+    return str(root)
+
+
+def test_bakeoff_cli_ranks_pretrained_weights_above_random_ones(faces_dir, tmp_path, capsys):
+    html = tmp_path / "bakeoff.html"
+    code = main([faces_dir, "--models", "efficientnet_lite0:random,efficientnet_lite0", "--image-size", "96",
+                 "--workspace", str(tmp_path), "--html", str(html), "--latency-budget", "0.2"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    first, second = result["candidates"]
+    assert (first["name"], second["name"]) == ("efficientnet_lite0", "efficientnet_lite0:random")
+    assert first["pretrained"] and not second["pretrained"] and second["weights_source"] == "random-init"
+    assert first["linear"]["accuracy"] > 0.9 and first["linear"]["accuracy"] > second["linear"]["accuracy"] + 0.05
+    assert result["recommendation"] == "efficientnet_lite0"
+    assert first["parameters"] == second["parameters"] > 3_000_000
+    for c in (first, second):
+        assert c["image_size"] == 96 and c["latency_ms_batch1"] > 0 and c["latency_ms_batch"] > 0
+        lo, hi = c["linear_intervals"]["accuracy"]
+        assert lo <= c["linear"]["accuracy"] <= hi and 0 <= c["knn"]["accuracy"] <= 1
+    assert result["n_train"] + result["n_val"] <= 600 and result["seconds"] > 0
+    assert "plotly" in html.read_text()[:200_000].lower()
+
+
+def test_bakeoff_cli_refuses_bad_input_with_exit_2(small_digits_dir, tmp_path, capsys):
+    ws = ["--workspace", str(tmp_path)]
+    assert main([small_digits_dir, "--models", "efficientnet_lite0", *ws]) == 2
+    assert "2 to 5 candidates" in capsys.readouterr().err
+    assert main([small_digits_dir, "--models", "efficientnet_lite0,no_such_model_xyz", *ws]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), "--models", "efficientnet_lite0,efficientnet_lite1", *ws]) == 2
+    assert main([]) == 2
