@@ -1,7 +1,18 @@
-"""Transfer Studio: the dashboard's entry point (navigation only; the pages live in pages/)."""
+"""Transfer Studio: the dashboard's entry point. It only navigates; the pages live in pages/, the work in core/."""
 import streamlit as st
 
-st.set_page_config(page_title="Transfer Studio", layout="wide")
+from pages import ui
 
-home = st.Page("pages/home.py", title="Transfer Studio", default=True)
-st.navigation([home]).run()
+st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
+
+ICONS = {"pages/home.py": ":material/home:", "pages/models.py": ":material/neurology:",
+         "pages/dataset.py": ":material/photo_library:", "pages/configure.py": ":material/tune:",
+         "pages/train.py": ":material/monitoring:", "pages/runs.py": ":material/history:",
+         "pages/evaluate.py": ":material/fact_check:"}
+page = st.navigation([st.Page(path, title=title, icon=ICONS[path], default=path == "pages/home.py")
+                      for path, title in ui.PAGES.items()])
+sidebar = st.sidebar.container()  # filled after the page ran, so it shows what the page just did
+try:
+    page.run()
+finally:
+    ui.sidebar(sidebar)

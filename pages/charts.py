@@ -1,0 +1,90 @@
+"""Plotly figures for the pages, built from the tidy tables core returns (no Streamlit here)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+FROZEN, TRAINABLE, HEAD = "#9aa5b1", "#2f7ed8", "#f28e2b"
+PALETTE = ("#2f7ed8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac")
+_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=320,
+               template="plotly_white")
+
+
+def curves_figure(frame: pd.DataFrame, title: str, y_title: str, x_title: str = "epoch", log_y: bool = False,
+                  baseline: Mapping[str, float] | None = None, y_range: tuple[float, float] | None = None
+                  ) -> go.Figure:
+    """One line per series of a (x, value, series) table; per-batch series drawn thin and faint."""
+    fig = go.Figure()
+    for i, (series, part) in enumerate(frame.groupby("series", sort=False)):
+        faint = "batch" in series
+        fig.add_trace(go.Scatter(
+            x=part["x"], y=part["value"], name=series, mode="lines" if faint or len(part) > 40 else "lines+markers",
+            line=dict(width=1 if faint else 2.5, color=PALETTE[i % len(PALETTE)]), opacity=0.45 if faint else 1))
+    for name, value in (baseline or {}).items():
+        fig.add_hline(y=value, line_dash="dash", line_color="#555", annotation_text=name,
+                      annotation_position="bottom right")
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
+    if log_y:
+        fig.update_yaxes(type="log")
+    if y_range:
+        fig.update_yaxes(range=list(y_range))
+    return fig
+
+
+def groups_figure(groups: Sequence[Mapping]) -> go.Figure:
+    """The network's layer groups, input side left: frozen grey, trainable blue, the new head orange."""
+    labels = [f"{g['group']}" if g["modules"] != "adapter + head" else "head" for g in groups]
+    colors = [HEAD if g["modules"] == "adapter + head" else FROZEN if g["frozen"] else TRAINABLE for g in groups]
+    state = ["new head (trainable)" if g["modules"] == "adapter + head" else "frozen" if g["frozen"] else "trainable"
+             for g in groups]
+    fig = go.Figure(go.Bar(
+        x=labels, y=[g["params"] for g in groups], marker_color=colors,
+        customdata=[[g["modules"], s] for g, s in zip(groups, state)],
+        hovertemplate="group %{x}: %{customdata[0]}<br>%{y:,} parameters, %{customdata[1]}<extra></extra>"))
+    frozen = sum(g["params"] for g in groups if g["frozen"])
+    total = sum(g["params"] for g in groups) or 1
+    fig.update_layout(title=f"Layer groups, input → output: {frozen / total:.0%} of the parameters frozen (grey)",
+                      xaxis_title="layer group", yaxis_title="parameters", **{**_LAYOUT, "height": 280})
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def class_counts_figure(split_counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
+    """Images per class, stacked by split."""
+    fig = go.Figure()
+    colors = {"train": "#2f7ed8", "val": "#f28e2b", "test": "#59a14f", "unsplit": "#9aa5b1"}
+    for split, per_class in split_counts.items():
+        fig.add_trace(go.Bar(x=list(per_class), y=list(per_class.values()), name=split,
+                             marker_color=colors.get(split)))
+    fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class", yaxis_title="images",
+                      **_LAYOUT)
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[float]], normalized: bool) -> go.Figure:
+    """Rows: the true class; columns: the predicted class."""
+    text = [[f"{v:.0%}" if normalized else f"{v:d}" for v in row] for row in matrix]
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(classes), y=list(classes), text=text, texttemplate="%{text}",
+                               colorscale="Blues", showscale=False,
+                               hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>"))
+    size = max(360, min(900, 40 * len(classes) + 160))
+    fig.update_layout(title="Confusion matrix", xaxis_title="predicted class", yaxis_title="true class",
+                      **{**_LAYOUT, "height": size})
+    fig.update_xaxes(type="category", side="bottom")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig
+
+
+def overlay_figure(frame: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """One line per run of a (run, epoch, metric, value) table, for one metric."""
+    fig = go.Figure()
+    part = frame[frame["metric"] == metric]
+    for i, (run, rows) in enumerate(part.groupby("run", sort=False)):
+        fig.add_trace(go.Scatter(x=rows["epoch"], y=rows["value"], name=run, mode="lines+markers",
+                                 line=dict(color=PALETTE[i % len(PALETTE)])))
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
+    return fig

@@ -1,0 +1,122 @@
+"""2 · Dataset: load images (demo, archive, CSV + images, server folder, stored), then the audit, the split,
+examples per class, duplicate and leakage pairs side by side, and the augmentation preview."""
+import os
+
+import pandas as pd
+import streamlit as st
+
+from core.compare import dataset_names
+from core.ingest import (
+    ARCHIVE_SUFFIXES,
+    IMAGE_SUFFIXES,
+    demo_dataset,
+    ingest,
+    list_datasets,
+    resolve_dataset,
+)
+from core.uploads import ingest_csv_upload
+from pages import charts, ui
+
+st.title("2 · Your images")
+st.write("Give one folder per class (`cats/…`, `dogs/…`), optionally inside `train/`, `val/`, `test/` folders; "
+         "or a CSV with `path,label` columns. Every image is checked, hidden files are skipped, and the data "
+         "is stored once in the workspace.")
+root = ui.workspace().root
+loaded = None
+demo, archive, csv_tab, folder, stored = st.tabs(["Demo data", "Upload an archive", "CSV + images",
+                                                  "Folder on the server", "Stored datasets"])
+with demo:
+    st.write("Handwritten digits from scikit-learn: 1,797 small greyscale images in 10 classes. Good for a "
+             "first run: it trains in a minute or two on a CPU.")
+    if st.button("Load the demo dataset", type="primary"):
+        loaded = ui.attempt("Loading the demo dataset", demo_dataset, root)
+with archive:
+    upload = st.file_uploader("A .zip or .tar.gz of class folders (or train/val/test folders, or a CSV with "
+                              "its images)", type=[s.lstrip(".") for s in ARCHIVE_SUFFIXES] + ["gz"])
+    if st.button("Ingest the archive", disabled=upload is None):
+        loaded = ui.attempt(f"Ingesting {upload.name}", ingest, upload, root, filename=upload.name)
+with csv_tab:
+    st.caption("The CSV's `path` column names the uploaded files (no folders); optional `split` "
+               "(train/val/test) and `group` (e.g. a patient id, kept within one split) columns.")
+    csv_file = st.file_uploader("CSV file (path,label[,split][,group])", type=["csv"])
+    images = st.file_uploader("Its images", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
+    if st.button("Ingest the CSV and images", disabled=csv_file is None or not images):
+        loaded = ui.attempt(f"Ingesting {csv_file.name}", ingest_csv_upload, csv_file, csv_file.name,
+                            [(f.name, f) for f in images], root)
+with folder:
+    path = st.text_input("Path on the server", placeholder="/data/my-images (a folder, .zip, .tar.gz or .csv)")
+    if st.button("Ingest from the server", disabled=not path.strip()):
+        loaded = ui.attempt(f"Ingesting {path}", resolve_dataset, os.path.expanduser(path.strip()), root)
+with stored:
+    names = dataset_names(root)
+    if names:
+        chosen = st.selectbox("Datasets in this workspace", list_datasets(root),
+                              format_func=lambda i: f"{names.get(i, i)} ({i})")
+        if st.button("Use this dataset"):
+            st.session_state[ui.DATASET] = chosen
+    else:
+        st.caption("None yet.")
+if loaded is not None:
+    st.session_state[ui.DATASET] = loaded.dataset_id
+    if loaded.skipped:
+        st.warning(f"{len(loaded.skipped)} files were skipped; the audit below lists why.")
+
+overview = ui.current_overview()
+if overview is None:
+    st.info("Load a dataset above to see its audit.")
+    st.stop()
+
+report = overview.report
+st.header(f"{overview.name}: {report.num_images:,} images, {len(report.class_counts)} classes")
+sizes = overview.split_sizes()
+cols = st.columns(6)
+cols[0].metric("train", sizes.get("train", 0))
+cols[1].metric("val", sizes.get("val", 0))
+cols[2].metric("test", sizes.get("test", 0))
+cols[3].metric("imbalance", f"{report.imbalance_ratio:g} : 1", help="largest class / smallest class")
+cols[4].metric("median size", f"{report.sizes.median_width:g}×{report.sizes.median_height:g}")
+cols[5].metric("errors / warnings", f"{report.count('error')} / {report.count('warning')}")
+
+st.subheader("Audit")
+if report.blocks_training:
+    st.error("Training is blocked by the errors below: fix the data and load it again.")
+show = {"error": st.error, "warning": st.warning, "info": st.info}
+for finding in report.findings:
+    show[finding.severity](f"**{finding.code.replace('_', ' ')}**: {finding.message}"
+                           + (f"\n\n*Fix:* {finding.fix}" if finding.fix else ""))
+    if finding.files and not finding.pairs:
+        with st.expander(f"{len(finding.files)} file(s)"):
+            st.code("\n".join(finding.files[:50]) + ("\n…" if len(finding.files) > 50 else ""), language=None)
+
+left, right = st.columns([3, 2])
+left.plotly_chart(charts.class_counts_figure(overview.split_counts), key="class_counts")
+with right:
+    st.markdown("**Split sizes** (stratified, seeded; duplicates kept within one split)")
+    st.dataframe(pd.DataFrame(overview.split_counts).fillna(0).astype(int), height=300)
+    if overview.split_error:
+        st.error(f"**The data cannot be split as configured.** {overview.split_error}")
+    for warning in overview.manifest.warnings if overview.manifest else ():
+        st.warning(warning)
+
+st.subheader("Examples per class")
+labels = list(overview.examples)
+shown = st.multiselect("Classes to show", labels, default=labels[:10]) if len(labels) > 10 else labels
+for label in shown:
+    st.markdown(f"**{label}** · {report.class_counts.get(label, 0)} images")
+    st.image(list(overview.examples[label]), width=72)
+
+if overview.pairs:
+    st.subheader("Duplicates and leaks, side by side")
+    st.caption("Identical or near-identical images: across splits they inflate the scores; with different "
+               "labels one of them is probably wrong.")
+    for pair in overview.pairs:
+        st.markdown(f"**{pair.code.replace('_', ' ')}** ({pair.severity})")
+        a, b, _ = st.columns([1, 1, 2])
+        a.image(pair.a, caption=f"{pair.label_a} · {pair.split_a} · {os.path.basename(pair.a)}", width=120)
+        b.image(pair.b, caption=f"{pair.label_b} · {pair.split_b} · {os.path.basename(pair.b)}", width=120)
+
+st.subheader("Augmentation preview")
+st.caption("Random crops, flips and colour changes the training will apply, so the model learns the class rather "
+           "than the exact pixels. Change them on the Configure page.")
+ui.show_augmentation_preview(ui.current_config())
+st.page_link("pages/configure.py", label="Next: check the settings", icon=":material/arrow_forward:")

@@ -1,0 +1,145 @@
+"""4 · Train: start and stop a run, and watch it live. The run trains on a background thread owned by the
+process-wide JobManager; this page only reads its snapshots, so a reload or a second tab shows the same
+job, and nothing here restarts it."""
+import streamlit as st
+
+from core.curves import snapshot_curves
+from core.estimate import format_bytes, format_seconds
+from pages import charts, ui
+
+st.title("4 · Train")
+manager = ui.job_manager()
+config = ui.current_config()
+overview = ui.current_overview()
+active = manager.active_jobs()
+
+# --- what will be trained, and the start button
+with st.container(border=True):
+    if overview is None:
+        st.warning("No dataset yet: load one on the Dataset page (the demo data works).")
+        st.page_link("pages/dataset.py", label="Load a dataset", icon=":material/photo_library:")
+    else:
+        epochs = f"{config.epochs} epoch" + ("s" if config.epochs > 1 else "")
+        st.markdown(f"**{config.model}** on **{overview.name}** ({overview.report.num_images:,} images, "
+                    f"{len(overview.report.class_counts)} classes) · image size "
+                    f"{config.image_size or 'the model’s own'} · {epochs} · batch {config.batch_size} · "
+                    f"freeze {config.freeze_ratio:.0%} · lr {config.lr:g}"
+                    + (f" · {config.unfreeze_stages} unfreezing stages" if config.unfreeze_stages else "")
+                    + (" · **your own weights**" if config.checkpoint_path else ""))
+        estimate = ui.estimate(config, overview)
+        if estimate and estimate.total_seconds is not None:
+            st.caption(f"Estimated: about {format_seconds(estimate.total_seconds)} at most "
+                       f"({format_seconds(estimate.seconds_per_epoch)} per epoch) on {ui.device_label()}, "
+                       f"{format_bytes(estimate.training_memory_bytes)} of training memory.")
+        if estimate and estimate.slow:
+            st.warning("That is a long run for this machine: a smaller image size or fewer epochs (Configure page) "
+                       "gives a first result much sooner.")
+        if ui.CONFIG not in st.session_state:
+            st.info("These are the default settings. The Configure page suggests settings for your data.")
+        st.page_link("pages/configure.py", label="Change the settings", icon=":material/tune:")
+    blocked = overview is not None and overview.report.blocks_training
+    if blocked:
+        st.error("The dataset audit found errors (see the Dataset page); training on it would give misleading "
+                 "scores. Fix the data, or train anyway.")
+        blocked = not st.checkbox("Train anyway")
+    if active:
+        st.caption(f"{len(active)} run(s) training now; another one would share this machine.")
+    if st.button("Start training", type="primary", disabled=overview is None or blocked):
+        run_id = ui.attempt("Starting the run", lambda: manager.start(config.validate(), overview.dataset.root))
+        if run_id:
+            st.session_state[ui.RUN] = run_id
+            st.rerun()
+
+# --- the run to watch: this tab's, else the one training now (another tab's), else the latest
+run_id = st.session_state.get(ui.RUN)
+if run_id is None or (not manager.is_active(run_id) and active):
+    run_id = active[0].run_id if active else next((r["id"] for r in manager.store.list_runs()), None)
+    if run_id is not None:
+        st.session_state[ui.RUN] = run_id
+if run_id is None:
+    st.info("No run yet: press **Start training**.")
+    st.stop()
+polling = manager.is_active(run_id)
+run_config = (ui.attempt("Reading the run", manager.store.get_run, run_id) or {}).get("config", {})
+
+
+# seconds; the charts less often: building and drawing them takes CPU (and the GIL) from the training thread
+STATUS_EVERY, CHARTS_EVERY = 1.0, 3.0
+
+
+@st.fragment(run_every=STATUS_EVERY if polling else None)
+def status_view() -> None:
+    """Progress, stop, stage and outcome: every second while the job runs; a full rerun when it ends."""
+    snap = ui.attempt("Reading the run", manager.snapshot, run_id)
+    if snap is None:
+        return
+    st.subheader(f"Run {run_id}: {snap.status.replace('_', ' ')}")
+    if snap.active:
+        if snap.total_steps and snap.step:
+            text = (f"epoch {min(snap.epoch + 1, snap.total_epochs)}/{snap.total_epochs} · step {snap.step}/"
+                    f"{snap.total_steps} · {snap.images_per_s:.0f} images/s · ETA {format_seconds(snap.eta_seconds)}")
+        elif snap.status == "running":
+            text = ("Fitting the linear-probe baseline on frozen features…" if not snap.baseline
+                    else "Validating the baseline (epoch 0)…" if not snap.epochs else "Training the first batch…")
+        else:
+            text = "Preparing: loading the model and decoding the images…"
+        st.progress(snap.progress, text=text)
+        if snap.status == "running" and st.button("Stop", help="Stops at the next batch; the last finished epoch's "
+                                                               "checkpoint is kept and the run can be resumed."):
+            manager.stop(run_id)
+            st.rerun()
+    stages = run_config.get("unfreeze_stages", 0)
+    if stages or snap.stage_message:
+        st.info(f"Progressive unfreezing: stage {snap.stage} of {stages} "
+                f"({snap.stage_message or 'the first stage, as frozen as configured'})")
+    if snap.status == "failed":
+        st.error(f"**Training failed.** {snap.error}")
+        st.caption("Fix the cause, then resume the run from its last checkpoint on the Runs page, or start a new one.")
+    elif snap.status == "interrupted":
+        st.warning("This run was interrupted (the server stopped while it trained). Resume it on the Runs page.")
+    elif snap.status == "stopped":
+        st.warning("Stopped. Resume it on the Runs page, or evaluate its best checkpoint so far.")
+    if snap.summary.get("metrics"):
+        metrics, baseline = snap.summary["metrics"], snap.summary.get("baseline") or snap.baseline
+        cols = st.columns(4)
+        for col, key in zip(cols, ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")):
+            if key in metrics:
+                delta = metrics[key] - baseline[key] if key in baseline else None
+                col.metric(key.replace("_", " "), f"{metrics[key]:.1%}",
+                           f"{delta:+.1%} vs. linear probe" if delta is not None else None)
+        st.success(f"Finished in {format_seconds(snap.summary.get('seconds'))} on {snap.summary.get('device')}. "
+                   "The best epoch's model is saved.")
+        if snap.summary.get("best_epoch") == 0:
+            st.info("Fine-tuning did not beat the linear-probe baseline on validation loss within these epochs, so "
+                    "the baseline (epoch 0) is the saved model. Train for more epochs, or freeze more layers / "
+                    "lower the learning rate on the Configure page.")
+        st.page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
+    if polling and not snap.active:
+        st.rerun()  # the whole page: the fragments are declared again without polling
+
+
+@st.fragment(run_every=CHARTS_EVERY if polling else None)
+def charts_view() -> None:
+    """Loss, accuracy/F1 and learning rates so far."""
+    snap = ui.attempt("Reading the run's metrics", manager.snapshot, run_id)
+    if snap is None:
+        return
+    curves = snapshot_curves(snap)
+    if curves.empty:
+        st.caption("The charts appear after the first validation.")
+    else:
+        left, right = st.columns(2)
+        left.plotly_chart(charts.curves_figure(curves.loss, "Loss", "loss", curves.x_label), key="loss")
+        probe = {"linear probe (val)": curves.baseline["val_accuracy"]} if "val_accuracy" in curves.baseline else {}
+        right.plotly_chart(charts.curves_figure(curves.scores, "Accuracy and F1", "score", curves.x_label,
+                                                baseline=probe, y_range=(0, 1.02)), key="scores")
+        if not curves.lrs.empty:
+            st.plotly_chart(charts.curves_figure(curves.lrs, "Learning rate per parameter group", "lr",
+                                                 curves.x_label, log_y=True), key="lrs")
+        st.caption("Epoch 0 is the baseline: the frozen pretrained model with a fitted linear head (the linear "
+                   "probe). Fine-tuning then trains its own head and layers; the best epoch on validation loss is "
+                   "kept, so a run never ends worse than its baseline.")
+
+
+status_view()
+charts_view()

@@ -1,0 +1,232 @@
+"""What every page shares: the workspace, the process-wide job manager, the small per-user state, the
+sidebar, and errors shown as messages that say what to do (never as tracebacks).
+
+Per-user state (st.session_state) holds small values only: a dataset id, model names, the config as a
+plain dict, the watched run id. Threads, models and datasets live in core and in Streamlit's caches.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from core.catalog import DEFAULT_MODEL
+from core.config import AugmentSpec, TrainConfig
+from core.jobs import JobManager
+from core.workspace import Workspace
+
+T = TypeVar("T")
+log = logging.getLogger("transfer_studio")
+
+# --- session keys: small per-user values
+DATASET = "dataset_id"  # str: the stored dataset the pages work on
+CANDIDATES = "candidates"  # list[str]: models picked on the Models page
+EXTRA_MODELS = "extra_models"  # list[str]: timm / torchvision names added by hand
+MODEL = "model"  # str: the model to train
+CHECKPOINT = "checkpoint"  # dict(model, path, name): the user's own weights for MODEL
+CONFIG = "train_config"  # dict: TrainConfig.to_dict() from the Configure page
+RUN = "run_id"  # str: the run the Train and Evaluate pages show
+
+PAGES = {  # file -> title; app.py builds the navigation from this
+    "pages/home.py": "Start",
+    "pages/models.py": "1 · Models",
+    "pages/dataset.py": "2 · Dataset",
+    "pages/configure.py": "3 · Configure",
+    "pages/train.py": "4 · Train",
+    "pages/runs.py": "5 · Runs",
+    "pages/evaluate.py": "6 · Evaluate",
+}
+
+
+def workspace() -> Workspace:
+    return Workspace.from_env()
+
+
+@st.cache_resource(show_spinner=False)
+def _job_manager(root: str) -> JobManager:
+    ws = Workspace(root)
+    return JobManager(ws.runs_dir, ws.root)
+
+
+def job_manager() -> JobManager:
+    """The one JobManager of this server process (per workspace): every tab and rerun sees the same jobs."""
+    return _job_manager(workspace().root)
+
+
+# --- errors
+def attempt(action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Call into core; on failure show what went wrong as st.error and return None.
+
+    core's errors (ConfigError, IngestError, WeightsError, CatalogError, SplitError, EvaluationError, ...)
+    are ValueError / LookupError / RuntimeError / OSError subclasses whose messages say what to do.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:
+        st.error(f"**{action} failed.** {exc}")
+    except Exception as exc:  # a bug: say so plainly, keep the details for the server log
+        log.exception("%s failed", action)
+        st.error(f"**{action} failed unexpectedly** ({type(exc).__name__}: {exc}). The server log has the "
+                 "details; please report it.")
+    return None
+
+
+# --- the current model, config and dataset
+def current_model() -> str:
+    return st.session_state.get(MODEL) or DEFAULT_MODEL
+
+
+def current_checkpoint() -> dict | None:
+    ckpt = st.session_state.get(CHECKPOINT)
+    return ckpt if ckpt and ckpt.get("model") == current_model() else None
+
+
+def current_config() -> TrainConfig:
+    """The config built on the Configure page (defaults until then), for the current model and weights."""
+    saved = st.session_state.get(CONFIG)
+    config = TrainConfig.from_dict(saved) if saved else TrainConfig()
+    ckpt = current_checkpoint()
+    return config.replace(model=current_model(), checkpoint_path=ckpt["path"] if ckpt else None)
+
+
+def seed(key: str, value: Any) -> None:
+    """Give a keyed widget its value when it has none (first visit, or after Streamlit dropped the state
+    of a widget on another page)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def _typed(default: Any, value: Any) -> Any:
+    """A value of the widget's type: number inputs refuse an int where they were built for floats."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+CONFIG_WIDGETS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "checkpoint_path", "augment"))
+AUGMENT_WIDGETS = tuple(f.name for f in fields(AugmentSpec))
+
+
+def seed_config_widgets(config: TrainConfig, overwrite: bool = False) -> None:
+    """Put `config` into the Configure page's widget keys (`cfg.<field>`, `cfg.augment.<field>`)."""
+    defaults, d = TrainConfig().to_dict(), config.to_dict()
+    pairs = [(f"cfg.{k}", _typed(defaults[k], d[k])) for k in CONFIG_WIDGETS]
+    pairs += [(f"cfg.augment.{k}", _typed(defaults["augment"][k], d["augment"][k])) for k in AUGMENT_WIDGETS]
+    for key, value in pairs:
+        if key == "cfg.image_size":
+            value = value or 0  # the widget's "model's own size" option
+        if overwrite:
+            st.session_state[key] = value
+        else:
+            seed(key, value)
+
+
+def config_from_widgets(base: TrainConfig) -> TrainConfig:
+    """The config the Configure page's widgets describe (fields without a widget keep `base`'s values).
+
+    Not validated: the caller validates and shows the ConfigError.
+    """
+    d = base.to_dict()
+    state = st.session_state
+    d.update({k: state[f"cfg.{k}"] for k in CONFIG_WIDGETS if f"cfg.{k}" in state})
+    d["augment"] = {**d["augment"], **{k: state[f"cfg.augment.{k}"] for k in AUGMENT_WIDGETS
+                                        if f"cfg.augment.{k}" in state}}
+    d["image_size"] = d["image_size"] or None
+    d["max_cache_gb"] = d["max_cache_gb"] or None
+    return TrainConfig.from_dict(d)
+
+
+@st.cache_data(max_entries=8, show_spinner="Splitting and auditing the dataset…")
+def _overview(root: str, dataset_id: str, model: str, image_size: int | None, val_fraction: float,
+              test_fraction: float, seed: int):
+    from core.overview import dataset_overview
+
+    config = TrainConfig(model=model, image_size=image_size, val_fraction=val_fraction,
+                         test_fraction=test_fraction, seed=seed)
+    return dataset_overview(dataset_id, root, config)
+
+
+def current_overview():
+    """The current dataset's overview (split, audit, examples), or None when there is none or it failed."""
+    dataset_id = st.session_state.get(DATASET)
+    if not dataset_id:
+        return None
+    c = current_config()
+    return attempt("Reading the dataset", _overview, workspace().root, dataset_id, c.model, c.image_size,
+                   c.val_fraction, c.test_fraction, c.seed)
+
+
+def estimate(config: TrainConfig, overview):
+    """core.estimate.estimate_run for this config on the current dataset's split (timed only with a dataset)."""
+    from core.estimate import estimate_run
+
+    sizes = overview.split_sizes() if overview else {}
+    with st.spinner("Timing one training step on this machine…"):
+        return attempt("Estimating the run", estimate_run, config, sizes.get("train", 0), sizes.get("val", 0),
+                       sizes.get("test", 0), len(overview.report.class_counts) if overview else 2,
+                       measure=overview is not None)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def augmentation_grid(root: str, dataset_id: str, model: str, image_size: int | None, augment: dict):
+    from core.ingest import load_dataset
+    from core.overview import augmentation_preview
+
+    config = TrainConfig(model=model, image_size=image_size, augment=AugmentSpec.from_dict(augment))
+    return augmentation_preview(load_dataset(root, dataset_id), config)
+
+
+def show_augmentation_preview(config: TrainConfig) -> None:
+    dataset_id = st.session_state.get(DATASET)
+    if not dataset_id:
+        st.caption("Load a dataset to preview the augmentation on its images.")
+        return
+    grid = attempt("Previewing the augmentation", augmentation_grid, workspace().root, dataset_id, config.model,
+                   config.image_size, config.augment.to_dict())
+    if grid is not None:
+        st.image(grid, caption="First column: the image as the model sees it at evaluation; the others: random "
+                               "training augmentations of it.", width=min(720, grid.shape[1] * 2))
+
+
+# --- the sidebar
+@st.cache_resource(show_spinner=False)
+def device_label() -> str:
+    from core.estimate import device_description
+
+    return device_description()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def dataset_name(root: str, dataset_id: str) -> str:
+    from core.compare import dataset_names
+
+    return dataset_names(root).get(dataset_id, dataset_id)
+
+
+def sidebar(container) -> None:
+    """Device, dataset, model and running jobs, in `container` (a slot in st.sidebar)."""
+    with container:
+        st.caption("Transfer Studio")
+        st.markdown(f"**Device:** {device_label()}")
+        dataset_id = st.session_state.get(DATASET)
+        st.markdown(f"**Dataset:** {dataset_name(workspace().root, dataset_id) if dataset_id else 'none yet'}")
+        ckpt = current_checkpoint()
+        st.markdown(f"**Model:** {current_model()}" + (f" (your weights: {ckpt['name']})" if ckpt else ""))
+        _jobs_panel()
+
+
+@st.fragment(run_every=2)
+def _jobs_panel() -> None:
+    from core.estimate import format_seconds
+
+    jobs = job_manager().active_jobs()
+    if not jobs:
+        st.caption("No training running.")
+        return
+    for snap in jobs:
+        st.markdown(f"**Training** `{snap.run_id}` ({snap.status})")
+        st.progress(snap.progress, text=f"{snap.progress:.0%} · ETA {format_seconds(snap.eta_seconds)}")
+    st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
