@@ -52,6 +52,7 @@ class _Job:
         self.stop = threading.Event()
         self.snapshot = JobSnapshot(run_id, "queued", started=time.time())
         self.thread: threading.Thread | None = None
+        self.first_step: tuple[float, int] | None = None  # (time, step) of the first BatchEnd seen, for the ETA
 
 
 MAX_STEP_POINTS = 2000
@@ -155,8 +156,14 @@ class JobManager:
                 if len(steps) > MAX_STEP_POINTS:  # keep every other point: bounded memory, whole curve
                     steps = steps[::2]
                 progress = min(1.0, event.step / s.total_steps) if s.total_steps else 0.0
-                elapsed = time.time() - s.started
-                eta = elapsed * (1 - progress) / progress if progress > 0 else None
+                # the rate is measured from the first step this process saw: setup and the baseline probe
+                # happen once and would make the remaining time look far longer than it is
+                now = time.time()
+                if job.first_step is None:
+                    job.first_step = (now, event.step)
+                t0, step0 = job.first_step
+                eta = (now - t0) / (event.step - step0) * max(0, s.total_steps - event.step) \
+                    if event.step > step0 else None
                 s = replace(s, step=event.step, epoch=event.epoch, steps=steps, progress=progress,
                             eta_seconds=eta, images_per_s=event.images_per_s)
             elif isinstance(event, Validated):

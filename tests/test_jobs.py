@@ -9,6 +9,7 @@ def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_
     manager = JobManager(str(tmp_path))
     run_id = manager.start(tiny_config.replace(epochs=2, val_every_batches=3), small_digits_dir)
     seen: dict[str, list] = {"a": [], "b": []}
+    seen_eta: list = []
     errors = []
 
     def poll(name: str) -> None:
@@ -16,6 +17,8 @@ def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_
             while True:
                 snap = manager.snapshot(run_id)
                 seen[name].append((snap.step, len(snap.epochs), snap.status))
+                if snap.status == "running" and snap.step:
+                    seen_eta.append(snap.eta_seconds)
                 if not snap.active:
                     return
                 time.sleep(0.01)
@@ -33,6 +36,8 @@ def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_
         assert steps == sorted(steps), "a snapshot went backwards"
         assert trace[-1][2] == "completed" and trace[-1][1] == 3  # epochs 0, 1, 2
     final = manager.snapshot(run_id)
+    etas = [e for e in seen_eta if e is not None]
+    assert etas and all(e >= 0 for e in etas) and etas[-1] <= etas[0] + 1e-6  # counts down, never negative
     assert final.progress == 1.0 and final.summary["run_id"] == run_id
     assert final.baseline and final.epochs[-1]["val_accuracy"] > 0
     assert any("val_accuracy" in s for s in final.steps)  # mid-epoch validation points
