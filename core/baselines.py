@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .preprocess import PreprocessSpec
+from .probe import standardisation
 
 HOG_SIDE = 64  # grayscale side HOG is computed at: 8x8-pixel cells, 2x2-cell blocks -> 1,764 features
 COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
@@ -32,8 +33,7 @@ COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
 class LinearClassifier:
     """Standardised features -> logistic regression; probabilities over all classes, also unseen ones.
 
-    Scales have a floor (a quarter of the median scale), as in core.probe: near-constant features would
-    otherwise get huge weights.
+    Standardised with core.probe.standardisation (a floor on the scale).
     """
 
     def __init__(self, num_classes: int, c: float = 0.5, max_iter: int = 500, seed: int = 0):
@@ -43,9 +43,7 @@ class LinearClassifier:
         self.model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "LinearClassifier":
-        self.mean = x.mean(0)
-        std = x.std(0)
-        self.scale = np.maximum(std, 0.25 * float(np.median(std[std > 0])) if (std > 0).any() else 1.0)
+        self.mean, self.scale = standardisation(x)
         self.single = len(np.unique(y)) < 2
         if self.single:  # scikit-learn refuses one class: predict it
             self.only = int(y[0])

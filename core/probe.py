@@ -63,14 +63,18 @@ def recalibrate_batchnorm(model, source: BatchSource, amp_dtype=None, channels_l
     return len(layers)
 
 
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, scale) with a floor on the scale (a quarter of the median): near-constant
+    features (dead ReLU6 channels) would otherwise get huge weights that blow up the moment augmentation
+    moves them."""
+    std = x.std(0)
+    return x.mean(0), np.maximum(std, 0.25 * float(np.median(std[std > 0])) if (std > 0).any() else 1.0)
+
+
 def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, num_classes: int, seed: int = 0):
     """Logistic regression on standardised features, folded into (weight, bias) of an nn.Linear, and a
     predict function for new features."""
-    # standardise, with a floor on the scale: near-constant features (dead ReLU6 channels) would otherwise
-    # get huge weights that blow up the moment augmentation moves them
-    mean = x_train.mean(0)
-    std = x_train.std(0)
-    scale = np.maximum(std, 0.25 * float(np.median(std[std > 0])) if (std > 0).any() else 1.0)
+    mean, scale = standardisation(x_train)
     clf = LogisticRegression(C=0.5, max_iter=500, random_state=seed)
     clf.fit((x_train - mean) / scale, y_train)
     # fold the standardisation into the linear layer: W' = W / sigma, b' = b - W' . mu; classes absent
