@@ -17,6 +17,7 @@ from .data import SplitData
 from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, RunStarted, StageChanged, Validated
 from .runs import execute_run, new_run, run_inputs
 from .store import RunStore
+from .tasks import TaskManager
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class JobManager:
         self.workspace_dir = workspace_dir or runs_dir  # where uploaded datasets are stored
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self.tasks = TaskManager()  # bake-offs, evaluation reports: background work that is not training
 
     # --- control
     def start(self, config: TrainConfig, data: SplitData | str) -> str:

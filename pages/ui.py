@@ -16,6 +16,7 @@ import streamlit as st
 from core.catalog import DEFAULT_MODEL
 from core.config import AugmentSpec, TrainConfig
 from core.jobs import JobManager
+from core.tasks import BUGS, USER_ERRORS
 from core.workspace import Workspace
 
 T = TypeVar("T")
@@ -65,12 +66,13 @@ def attempt(action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T |
     """
     try:
         return fn(*args, **kwargs)
-    except (ValueError, LookupError, RuntimeError, OSError) as exc:
-        st.error(f"**{action} failed.** {exc}")
-    except Exception as exc:  # a bug: say so plainly, keep the details for the server log
-        log.exception("%s failed", action)
-        st.error(f"**{action} failed unexpectedly** ({type(exc).__name__}: {exc}). The server log has the "
-                 "details; please report it.")
+    except Exception as exc:
+        if isinstance(exc, USER_ERRORS) and not isinstance(exc, BUGS):
+            st.error(f"**{action} failed.** {exc}")
+        else:  # a bug: say so plainly, keep the details for the server log
+            log.exception("%s failed", action)
+            st.error(f"**{action} failed unexpectedly** ({type(exc).__name__}: {exc}). The server log has the "
+                     "details; please report it.")
     return None
 
 
