@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .preprocess import PreprocessSpec
-from .probe import standardisation
+from .probe import fit_logistic, standardisation
 
 HOG_SIDE = 64  # grayscale side HOG is computed at: 8x8-pixel cells, 2x2-cell blocks -> 1,764 features
 COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
@@ -33,33 +32,27 @@ COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
 class LinearClassifier:
     """Standardised features -> logistic regression; probabilities over all classes, also unseen ones.
 
-    Standardised with core.probe.standardisation (a floor on the scale).
+    Standardised with core.probe.standardisation (a floor on the scale); fitted by core.probe.fit_logistic
+    (scikit-learn's objective, L-BFGS in torch).
     """
 
-    def __init__(self, num_classes: int, c: float = 0.5, max_iter: int = 500, seed: int = 0):
-        from sklearn.linear_model import LogisticRegression
-
-        self.num_classes = num_classes
-        self.model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+    def __init__(self, num_classes: int, c: float = 0.5, max_iter: int = 100, seed: int = 0,
+                 device: torch.device | str | None = None):
+        self.num_classes, self.c, self.max_iter, self.device = num_classes, c, max_iter, device
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "LinearClassifier":
         self.mean, self.scale = standardisation(x)
-        self.single = len(np.unique(y)) < 2
-        if self.single:  # scikit-learn refuses one class: predict it
-            self.only = int(y[0])
-            return self
-        with warnings.catch_warnings():  # lbfgs at max_iter warns; the probe is still a fair baseline
-            warnings.simplefilter("ignore")
-            self.model.fit((x - self.mean) / self.scale, y)
+        self.present = np.isin(np.arange(self.num_classes), y)  # classes never seen get probability 0
+        self.coef, self.intercept = fit_logistic((x - self.mean) / self.scale, y, self.num_classes, self.c,
+                                                 self.device, self.max_iter)
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(x), self.num_classes))
-        if self.single:
-            out[:, self.only] = 1.0
-            return out
-        out[:, self.model.classes_] = self.model.predict_proba((x - self.mean) / self.scale)
-        return out
+        logits = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits = np.where(self.present, logits, -np.inf)
+        logits = logits - logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------- features

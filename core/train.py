@@ -171,7 +171,7 @@ class Trainer:
                 model.head.load_state_dict(fresh_head)
             elif recalibrate_batchnorm(model, self.train_src, self.amp, cfg.channels_last):
                 x_train, y_train = extract_features(model, self.train_src, self.amp, cfg.channels_last)
-                self._set_head(*fit_linear_head(x_train, y_train, len(data.classes), cfg.seed)[:2])
+                self._set_head(*fit_linear_head(x_train, y_train, len(data.classes), cfg.seed, device)[:2])
         else:
             self._start_stage(0, restoring=True)
             state = self._restore(saved)
