@@ -21,8 +21,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class BakeoffOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BakeoffOptions":
+    def from_dict(cls, d: dict[str, Any]) -> BakeoffOptions:
         return cls(**{**d, "models": tuple(d["models"])})
 
 
@@ -132,6 +133,43 @@ def stratified_subset(labels: Sequence[int], n: int | None, seed: int = 0) -> np
     return np.sort(np.concatenate(chosen))
 
 
+def with_random_floor(models: Sequence[str], include: bool = True) -> tuple[str, ...]:
+    """The candidates to compare: `models` (2-5 pretrained names), plus the first one with random weights when
+    `include`, so the table shows what pretraining buys. BakeoffError, saying what to change, otherwise."""
+    names = list(dict.fromkeys(m.strip() for m in models if m.strip()))
+    if len(names) < MIN_CANDIDATES:
+        raise BakeoffError(f"pick at least {MIN_CANDIDATES} candidates to compare (got {len(names)}"
+                           f"{': ' + names[0] if names else ''}); the bake-off ranks {MIN_CANDIDATES} to "
+                           f"{MAX_CANDIDATES} of them")
+    floor = [f"{parse_candidate(names[0])[0]}{RANDOM_SUFFIX}"] if include else []
+    names += [f for f in floor if f not in names]
+    if len(names) > MAX_CANDIDATES:
+        raise BakeoffError(f"a bake-off compares at most {MAX_CANDIDATES} candidates; got {len(names)} "
+                           f"({', '.join(names)}): drop one" + (" or leave out the random-weight floor" if floor
+                                                                else ""))
+    return tuple(names)
+
+
+def task_key(source: str, options: BakeoffOptions) -> str:
+    """One bake-off per data source and options: what a background task of it is keyed by."""
+    return json.dumps({"source": source, **options.to_dict()}, sort_keys=True)
+
+
+def result_rows(result: BakeoffResult) -> list[dict[str, Any]]:
+    """One plain row per candidate, best validation accuracy first: what a table of the bake-off shows."""
+    rows = []
+    for c in result.candidates:
+        low, high = c.linear_intervals.get("accuracy", (float("nan"), float("nan")))
+        rows.append({
+            "candidate": c.name, "pretrained": c.pretrained, "recommended": c.name == result.recommendation,
+            "val_accuracy": c.linear["accuracy"], "val_accuracy_low": low, "val_accuracy_high": high,
+            "macro_f1": c.linear.get("macro_f1", float("nan")), "knn_accuracy": c.knn["accuracy"],
+            "params_m": c.parameters / 1e6, "image_size": c.image_size,
+            "latency_ms_batch1": c.latency_ms_batch1, "latency_ms_batch": c.latency_ms_batch,
+            "throughput_per_s": c.throughput_per_s, "peak_memory_mb": c.peak_memory_mb, "seconds": c.seconds})
+    return rows
+
+
 def recommend(candidates: Sequence[CandidateResult]) -> tuple[str, str]:
     """The smallest pretrained candidate whose accuracy interval overlaps the best one's; (name, reason)."""
     from .stats import overlaps
@@ -200,7 +238,12 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
     from .backbones import load_backbone
     from .baselines import LinearClassifier, embed
     from .data import build_cache
-    from .latency import count_parameters, device_description, dtype_name, measure_latency
+    from .latency import (
+        count_parameters,
+        device_description,
+        dtype_name,
+        measure_latency,
+    )
     from .metrics import classification_metrics
     from .stats import bootstrap_intervals
     from .train import resolve_amp, resolve_device
@@ -226,7 +269,9 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
     loaded = []
     for name, (model_name, pretrained) in zip(names, parsed):
         t = time.perf_counter()
-        backbone = load_backbone(model_name, pretrained=pretrained)
+        with torch.random.fork_rng(devices=[]):  # a random-weight floor is the same on every run
+            torch.manual_seed(options.seed)
+            backbone = load_backbone(model_name, pretrained=pretrained)
         loaded.append((name, model_name, pretrained, backbone, backbone.preprocess.with_input_size(options.image_size),
                        time.perf_counter() - t))
     master = max((entry[4] for entry in loaded), key=lambda pre: pre.cache_size)

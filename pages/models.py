@@ -1,8 +1,21 @@
-"""1 · Models: the backbone catalog, license warnings, the candidates to try, and the user's own weights."""
+"""1 · Models: the backbone catalog, license warnings, the candidates to try, a bake-off of them on the user's
+images (a background task: core.bakeoff through the process-wide TaskManager), and the user's own weights."""
 import pandas as pd
 import streamlit as st
 
+from core.bakeoff import (
+    DEFAULT_MAX_IMAGES,
+    BakeoffError,
+    BakeoffOptions,
+    bakeoff,
+    result_rows,
+    task_key,
+    with_random_floor,
+)
 from core.catalog import DEFAULT_MODEL, list_catalog, resolve_entry
+from core.estimate import format_seconds
+from core.figures import bakeoff_figure
+from core.ingest import demo_dataset
 from core.licenses import license_warning
 from core.uploads import CHECKPOINT_SUFFIXES, add_checkpoint
 from pages import ui
@@ -33,7 +46,8 @@ extra = st.session_state.setdefault(ui.EXTRA_MODELS, [])
 options = list(dict.fromkeys([*catalog.get("name", pd.Series(dtype=str)).tolist(), *extra]))
 ui.seed("models.candidates", [m for m in st.session_state.get(ui.CANDIDATES, [ui.current_model()]) if m in options])
 candidates = st.multiselect("Candidates to try", options, key="models.candidates",
-                            help="Pick one or more; train each on the Train page and compare them on Runs.")
+                            help="Pick one or more. The bake-off below ranks 2 to 5 of them on your images in about a "
+                            "minute; or train each on the Train page and compare them on Runs.")
 st.session_state[ui.CANDIDATES] = candidates
 
 
@@ -69,6 +83,152 @@ for model in candidates:
     if row is not None and not row["available"]:
         st.warning(f"**{model}**: {row['availability']}. Without the network it cannot be trained here; "
                    "the offline EfficientNet-Lite models always can.")
+
+# --- the bake-off: the candidates ranked on the user's own images, on a background thread
+BAKEOFF = "bakeoff"  # the task kind
+POLL_EVERY = 1.0  # seconds between progress updates while it runs
+SIZES = (0, 32, 64, 96, 128, 160, 224)  # 0: each model's own input size
+tasks = ui.job_manager().tasks
+
+
+def _use_for_training(name: str) -> None:
+    """Make `name` the model to train, and one of the candidates (runs before the widgets are drawn)."""
+    st.session_state[ui.MODEL] = name
+    extra = st.session_state.setdefault(ui.EXTRA_MODELS, [])
+    if name not in options and name not in extra:
+        extra.append(name)
+    picked = list(dict.fromkeys([*st.session_state.get("models.candidates", []), name]))
+    st.session_state["models.candidates"] = st.session_state[ui.CANDIDATES] = picked
+    st.session_state["models.bakeoff_used"] = name
+
+
+def bakeoff_settings(dataset_id: str) -> tuple[BakeoffOptions | None, str]:
+    """The bake-off the widgets describe, or None and why not (shown as a message, nothing runs)."""
+    saved = st.session_state.setdefault("models.bakeoff_settings", {})  # survives leaving the page
+    ui.seed("models.bakeoff_floor", saved.get("floor", True))
+    ui.seed("models.bakeoff_max_images", saved.get("max_images", DEFAULT_MAX_IMAGES))
+    ui.seed("models.bakeoff_size", saved.get("size", 128))
+    floor = st.checkbox(f"Include {(candidates or [DEFAULT_MODEL])[0]} with random weights as a floor",
+                        key="models.bakeoff_floor",
+                        help="The first candidate's architecture without its ImageNet weights: the gap between it and "
+                             "the pretrained candidates is what pretraining buys on your images.")
+    left, right = st.columns(2)
+    max_images = left.number_input("Images to use (at most)", 20, 100_000, step=100, key="models.bakeoff_max_images",
+                                   help="A stratified subset of the training and validation images. More images "
+                                        "give narrower intervals and take longer.")
+    size = right.selectbox("Image size", SIZES, key="models.bakeoff_size",
+                           format_func=lambda s: "each model's own" if s == 0 else f"{s} px",
+                           help="The side every candidate sees. Smaller is much faster on a CPU (time grows with the "
+                                "square of the side) and ranks the candidates well for small images; their own size "
+                                "(224 px and more) is closer to how they will be trained, but takes many times "
+                                "longer. Latency is measured at this size too.")
+    saved.update(floor=floor, max_images=int(max_images), size=size)
+    try:
+        models = with_random_floor(candidates, include=floor)
+    except BakeoffError as exc:
+        return None, str(exc)[0].upper() + str(exc)[1:] + "."
+    return BakeoffOptions(models, max_images=int(max_images), image_size=size or None), ""
+
+
+def show_bakeoff(result, current: bool) -> None:
+    """The chart, the table, the recommendation and the buttons that pick the model to train."""
+    if not current:
+        st.caption(f"These results are for an earlier choice ({', '.join(c.name for c in result.candidates)}); "
+                   "run the bake-off again for the current one.")
+    st.plotly_chart(bakeoff_figure(result), key="bakeoff_chart")
+    table = pd.DataFrame(result_rows(result))
+    table["interval"] = [f"{lo:.1%} – {hi:.1%}" for lo, hi in zip(table.val_accuracy_low, table.val_accuracy_high)]
+    st.dataframe(
+        table[["candidate", "val_accuracy", "interval", "macro_f1", "knn_accuracy", "params_m", "latency_ms_batch1",
+               "latency_ms_batch", "throughput_per_s", "peak_memory_mb", "seconds"]],
+        hide_index=True, key="bakeoff_table",
+        column_config={
+            "val_accuracy": st.column_config.NumberColumn("val accuracy", format="percent",
+                                                          help="Logistic regression on the frozen features"),
+            "interval": st.column_config.TextColumn("95% interval", help="Bootstrap over the validation images"),
+            "macro_f1": st.column_config.NumberColumn("macro-F1", format="%.3f"),
+            "knn_accuracy": st.column_config.NumberColumn("k-NN accuracy", format="percent"),
+            "params_m": st.column_config.NumberColumn("params (M)", format="%.1f"),
+            "latency_ms_batch1": st.column_config.NumberColumn("ms/image, batch 1", format="%.1f"),
+            "latency_ms_batch": st.column_config.NumberColumn(f"ms/image, batch {result.latency_batch}", format="%.1f"),
+            "throughput_per_s": st.column_config.NumberColumn("images/s", format="%.0f"),
+            "peak_memory_mb": st.column_config.NumberColumn("peak memory (MiB)", format="%.0f"),
+            "seconds": st.column_config.NumberColumn("seconds", format="%.1f",
+                                                     help="Loading, features and fitting (not the latency timing)")})
+    size = f"{result.image_size} px" if result.image_size else "each model's own size"
+    st.caption(f"{result.n_train:,} training and {result.n_val:,} validation images at {size}, frozen features; "
+               f"latency and memory measured on {result.device} ({result.dtype}; memory: {result.memory_method}). "
+               f"Took {format_seconds(result.seconds)}.")
+    for note in result.notes:
+        st.caption(note)
+    trainable = [c.name for c in result.candidates if c.pretrained]  # random weights are a floor, not a choice
+    if not trainable:
+        return
+    recommended = result.recommendation if result.recommendation in trainable else trainable[0]
+    st.success(f"**Recommended: {recommended}.** {result.reason}")
+    left, right = st.columns([2, 3], vertical_alignment="bottom")
+    left.button(f"Use {recommended} for training", type="primary", on_click=_use_for_training, args=(recommended,))
+    others = [name for name in trainable if name != recommended]
+    if others:
+        with right:
+            other = st.selectbox("Or another candidate", others, key="models.bakeoff_other")
+            st.button(f"Use {other} instead", on_click=_use_for_training, args=(other,))
+
+
+@st.fragment(run_every=POLL_EVERY)
+def bakeoff_progress(task_id: str) -> None:
+    """Progress while it runs (the rest of the page stays usable); the whole page again when it ends."""
+    snap = tasks.snapshot(task_id)
+    if snap is None or not snap.active:
+        st.rerun()
+    st.info(f"**Running: {snap.label}.** {snap.message[:1].upper() + snap.message[1:]} · {format_seconds(snap.seconds)} elapsed")
+    st.caption("It runs in the background: use the other pages meanwhile, the results wait here.")
+
+
+st.subheader("Compare candidates on your data")
+st.write("Before training, rank the candidates on a sample of your own images: each one's frozen features with a "
+         "linear classifier (and k-NN), scored on validation images with a 95% interval, and the latency and "
+         "memory each would cost on this machine. When the intervals overlap, the smaller model is recommended.")
+dataset_id = st.session_state.get(ui.DATASET)
+if not dataset_id:
+    st.info("No dataset loaded yet: the bake-off ranks the candidates on your images. Load them on the Dataset page, "
+            "or try it on the demo data (handwritten digits).")
+    left, right = st.columns(2, vertical_alignment="center")
+    if left.button("Use the demo dataset"):
+        demo = ui.attempt("Loading the demo dataset", demo_dataset, ui.workspace().root)
+        if demo is not None:
+            st.session_state[ui.DATASET] = demo.dataset_id
+            st.rerun()
+    right.page_link("pages/dataset.py", label="Load your images", icon=":material/photo_library:")
+else:
+    bakeoff_options, problem = bakeoff_settings(dataset_id)
+    key = task_key(dataset_id, bakeoff_options) if bakeoff_options else None
+    # this choice's bake-off (also one started in another tab), else the one this session ran last
+    snap = (tasks.latest(BAKEOFF, key) if key else None) or tasks.snapshot(st.session_state.get("models.bakeoff_task", ""))
+    running = [s for s in tasks.active() if s.kind == BAKEOFF]
+    if problem:
+        st.info(problem)
+    else:
+        st.caption("Compares " + ", ".join(f"**{m}**" for m in bakeoff_options.models) + ".")
+    if running and not (snap and snap.active):
+        st.caption(f"Another bake-off is running ({running[0].label}); a second one would share this machine.")
+    this_running = snap is not None and snap.active and snap.key == key
+    if st.button("Run the bake-off" if not (snap and snap.key == key) else "Run the bake-off again",
+                 disabled=bakeoff_options is None or this_running) and bakeoff_options is not None:
+        label = (f"bake-off of {len(bakeoff_options.models)} candidates on "
+                 f"{ui.dataset_name(ui.workspace().root, dataset_id)}")
+        task_id = tasks.submit(BAKEOFF, key, label, bakeoff, dataset_id, bakeoff_options, ui.workspace().root)
+        st.session_state["models.bakeoff_task"] = task_id  # a second click finds the running one, starts nothing
+        snap = tasks.snapshot(task_id)
+    if snap is not None and snap.active:
+        bakeoff_progress(snap.task_id)
+    elif snap is not None and snap.status == "failed":
+        st.error(f"**The bake-off failed.** {snap.error}")
+    elif snap is not None:
+        show_bakeoff(snap.result, current=snap.key == key)
+    if "models.bakeoff_used" in st.session_state:
+        st.success(f"**{st.session_state.pop('models.bakeoff_used')}** is now the model to train (see below; the "
+                   "Configure and Train pages use it).")
 
 if candidates:
     current = ui.current_model() if ui.current_model() in candidates else candidates[0]

@@ -3,7 +3,18 @@ import json
 import numpy as np
 import pytest
 
-from core.bakeoff import CandidateResult, main, recommend, stratified_subset
+from core.bakeoff import (
+    BakeoffError,
+    BakeoffOptions,
+    BakeoffResult,
+    CandidateResult,
+    main,
+    recommend,
+    result_rows,
+    stratified_subset,
+    task_key,
+    with_random_floor,
+)
 
 
 def test_stratified_subset_keeps_class_shares_and_every_class():
@@ -31,6 +42,39 @@ def test_recommendation_prefers_the_smaller_model_unless_the_larger_is_clearly_b
     # the same size (same architecture): the more accurate one
     twin = _candidate("twin", 0.86, (0.80, 0.92), 10_000_000, latency=1.0)
     assert recommend([twin, big])[0] == "big"
+
+
+def test_the_random_weight_floor_is_the_first_candidate_without_its_weights():
+    assert with_random_floor(["a", "b"]) == ("a", "b", "a:random")
+    assert with_random_floor(["a", "b"], include=False) == ("a", "b")
+    assert with_random_floor(["a", "b", "a:random"]) == ("a", "b", "a:random"), "not twice"
+    with pytest.raises(BakeoffError, match="at least 2 candidates"):
+        with_random_floor(["a"])
+    with pytest.raises(BakeoffError, match="at least 2 candidates"):
+        with_random_floor(["a", " a ", ""])
+    with_random_floor(list("abcde"), include=False)
+    with pytest.raises(BakeoffError, match="at most 5 candidates.*random-weight floor"):
+        with_random_floor(list("abcde"))
+
+
+def test_a_task_key_differs_with_the_data_and_every_option():
+    options = BakeoffOptions(("a", "b"), max_images=100, image_size=32)
+    assert task_key("ds1", options) == task_key("ds1", BakeoffOptions(("a", "b"), 100, 32))
+    others = [task_key("ds2", options), task_key("ds1", BakeoffOptions(("a", "c"), 100, 32)),
+              task_key("ds1", BakeoffOptions(("a", "b"), 200, 32)), task_key("ds1", BakeoffOptions(("a", "b"), 100))]
+    assert len({task_key("ds1", options), *others}) == 5
+
+
+def test_result_rows_are_the_table_of_the_candidates_best_first():
+    big = _candidate("big", 0.90, (0.85, 0.95), 10_000_000)
+    small = _candidate("small", 0.88, (0.83, 0.93), 4_000_000)
+    result = BakeoffResult("ds", ("x", "y"), 80, 20, 32, "CPU", "float32", 32, "rss", (big, small), "small", "why",
+                           0.1, 1.0)
+    rows = result_rows(result)
+    assert [r["candidate"] for r in rows] == ["big", "small"]
+    assert [r["recommended"] for r in rows] == [False, True]
+    assert rows[0]["val_accuracy"] == 0.90 and (rows[0]["val_accuracy_low"], rows[0]["val_accuracy_high"]) == (0.85, 0.95)
+    assert rows[1]["params_m"] == 4.0 and rows[1]["latency_ms_batch"] == 2.5
 
 
 @pytest.fixture(scope="module")
