@@ -86,10 +86,10 @@ def drift_images(source: str, classes: Sequence[str], seen_sha256: set[str], wor
     `source` is anything a run accepts (folder, archive, CSV, stored dataset id, split manifest); of a
     manifest, its test rows when it has any, else all rows.
     """
-    from .runs import _is_manifest
+    from .runs import is_manifest
     from .splits import read_manifest
 
-    if os.path.isfile(source) and _is_manifest(source):
+    if os.path.isfile(source) and is_manifest(source):
         manifest = read_manifest(source)
         rows = manifest.rows_for("test") or manifest.rows
         items = [(str(manifest.path_of(r)), r.label, r.sha256) for r in rows]

@@ -30,7 +30,7 @@ def prepare_data(source: str, config: TrainConfig, workspace_dir: str):
     from .ingest import resolve_dataset
     from .splits import read_manifest, split_dataset
 
-    if os.path.isfile(source) and _is_manifest(source):
+    if os.path.isfile(source) and is_manifest(source):
         return read_manifest(source)
     dataset = resolve_dataset(source, workspace_dir)
     test = config.test_fraction
@@ -44,7 +44,8 @@ def load_data(source: str, config: TrainConfig, workspace_dir: str) -> SplitData
     return from_manifest(prepare_data(source, config, workspace_dir), source)
 
 
-def _is_manifest(path: str) -> bool:
+def is_manifest(path: str) -> bool:
+    """Whether a .json / .csv file is a split manifest (core.splits) rather than a CSV of images."""
     if not path.lower().endswith((".json", ".csv")):
         return False
     with open(path, encoding="utf-8", errors="replace") as f:

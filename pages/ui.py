@@ -224,11 +224,16 @@ def sidebar(container) -> None:
 def _jobs_panel() -> None:
     from core.estimate import format_seconds
 
-    jobs = job_manager().active_jobs()
-    if not jobs:
-        st.caption("No training running.")
+    manager = job_manager()
+    jobs, tasks = manager.active_jobs(), manager.tasks.active()
+    if not jobs and not tasks:
+        st.caption("Nothing running.")
         return
     for snap in jobs:
         st.markdown(f"**Training** `{snap.run_id}` ({snap.status})")
         st.progress(snap.progress, text=f"{snap.progress:.0%} · ETA {format_seconds(snap.eta_seconds)}")
-    st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+    if jobs:
+        st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+    for task in tasks:  # bake-offs, evaluation reports
+        st.markdown(f"**Running:** {task.label}")
+        st.caption(f"{task.message} · {format_seconds(task.seconds)}")
