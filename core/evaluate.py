@@ -5,7 +5,9 @@ split recorded in the run's manifest, and returns a typed report: headline metri
 precision/recall/F1, top-k accuracy, log loss, ECE) with bootstrap 95% intervals, per-class
 precision/recall/F1, the confusion matrix (counts and row-normalised), calibration (the reliability
 diagram's bins), and the error analysis: misclassified images, the most confused class pairs and the
-highest-loss images; and the baseline the run recorded.
+highest-loss images; and the baseline the run recorded. It keeps each image's prediction, so the images
+behind any cell of the confusion matrix (`cell_images`) and a paired comparison of two runs
+(`compare_evaluations`, McNemar's test) need no second pass over the data.
 
 The whole audit of a run (baselines side by side, McNemar's test, deployment figures, robustness, drift,
 the cost of errors, the HTML/JSON/CSV export) is `core.report.build_report`; `python -m core evaluate`
@@ -26,7 +28,7 @@ from .checkpoint import load_model
 from .data import BatchSource, Split
 from .metrics import classification_metrics
 from .runs import run_inputs
-from .stats import Calibration, bootstrap_intervals, calibration
+from .stats import Calibration, McNemarResult, bootstrap_intervals, calibration, mcnemar
 from .store import RunStore
 
 TOP_K = (3, 5)  # top-k accuracies reported where k is below the number of classes
@@ -67,6 +69,11 @@ class RunEvaluation:
     confused_pairs: tuple[dict[str, Any], ...] = ()  # true, predicted, count, share (of the true class); most first
     highest_loss: tuple[dict[str, Any], ...] = ()  # path, true, predicted, p_true, loss; highest first
     n_images: int = 0
+    # per image, in the split's order: what `cell_images` and the paired tests (McNemar) work from
+    paths: tuple[str, ...] = ()
+    y_true: tuple[int, ...] = ()
+    y_pred: tuple[int, ...] = ()
+    confidence: tuple[float, ...] = ()  # the probability of the predicted class
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,7 +148,9 @@ def summarize(pred: Predictions, run_id: str = "", split: str = "test", baseline
                          tuple(tuple(float(v) for v in row) for row in cm_norm), misclassified, baseline or {},
                          bootstrap_intervals(pred.y_true, y_pred, n, pred.probs, n_boot=n_boot, seed=seed),
                          calib, confused_pairs(cm, pred.classes), _highest_loss(pred, y_pred, losses),
-                         len(y_pred))
+                         len(y_pred), tuple(pred.paths), tuple(int(v) for v in pred.y_true),
+                         tuple(int(v) for v in y_pred),
+                         tuple(float(v) for v in pred.probs[np.arange(len(y_pred)), y_pred]))
 
 
 def confused_pairs(cm: np.ndarray, classes: Sequence[str], top: int = N_CONFUSED_PAIRS
@@ -160,6 +169,94 @@ def _highest_loss(pred: Predictions, y_pred: np.ndarray, losses: np.ndarray, top
     order = np.argsort(-losses, kind="stable")[:top]
     return tuple({"path": pred.paths[i], "true": pred.classes[pred.y_true[i]], "predicted": pred.classes[y_pred[i]],
                   "p_true": float(pred.probs[i, pred.y_true[i]]), "loss": float(losses[i])} for i in order)
+
+
+def class_index(classes: Sequence[str], cls: int | str) -> int:
+    """A class given by index or by name, as an index; EvaluationError naming the classes otherwise."""
+    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+        if 0 <= cls < len(classes):
+            return int(cls)
+    elif str(cls) in classes:
+        return list(classes).index(str(cls))
+    raise EvaluationError(f"unknown class {cls!r}; the classes are {', '.join(classes)} "
+                          f"(or their indices 0-{len(classes) - 1})")
+
+
+def cell_images(evaluation: RunEvaluation, true_class: int | str, predicted_class: int | str
+                ) -> tuple[dict[str, Any], ...]:
+    """The images behind one cell of the confusion matrix, most confident first: those of `true_class`
+    predicted as `predicted_class` (on the diagonal, the ones the model got right).
+
+    Each is a dict of path, true, predicted and confidence (the probability of the predicted class).
+    """
+    t, p = class_index(evaluation.classes, true_class), class_index(evaluation.classes, predicted_class)
+    if evaluation.n_images and not evaluation.y_pred:
+        raise EvaluationError("this evaluation kept no per-image predictions; evaluate the run again")
+    hits = [i for i, (yt, yp) in enumerate(zip(evaluation.y_true, evaluation.y_pred)) if yt == t and yp == p]
+    hits.sort(key=lambda i: -evaluation.confidence[i])
+    return tuple({"path": evaluation.paths[i], "true": evaluation.classes[t], "predicted": evaluation.classes[p],
+                  "confidence": evaluation.confidence[i]} for i in hits)
+
+
+# ------------------------------------------------------------------------------------ two runs compared
+COMPARED_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "top3_accuracy", "top5_accuracy",
+                    "log_loss", "ece")
+LOWER_IS_BETTER = ("log_loss", "ece")
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Two evaluations side by side, and McNemar's paired test when they scored the same images."""
+
+    run_a: str
+    run_b: str
+    rows: tuple[dict[str, Any], ...]  # metric, a, b, difference (b - a), a_interval, b_interval
+    paired: McNemarResult | None  # None when the runs were not evaluated on the same images
+    reason: str  # what the paired test says, or why there is none
+    n_common: int  # images both were evaluated on
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def compare_evaluations(a: RunEvaluation, b: RunEvaluation) -> RunComparison:
+    """Metrics of two runs side by side; McNemar's test when both scored the same images with the same labels.
+
+    Images are matched by path, so two runs on the same stored dataset with the same split (seed and
+    fractions) are comparable whatever order they predicted in.
+    """
+    rows = tuple({"metric": m, "a": a.metrics[m], "b": b.metrics[m], "difference": b.metrics[m] - a.metrics[m],
+                  "a_interval": a.intervals.get(m), "b_interval": b.intervals.get(m)}
+                 for m in COMPARED_METRICS if m in a.metrics and m in b.metrics)
+    common = set(a.paths) & set(b.paths)
+    names = f"run {a.run_id} ({a.split}) and run {b.run_id} ({b.split})"
+    if tuple(a.classes) != tuple(b.classes):
+        return RunComparison(a.run_id, b.run_id, rows, None, f"{names} predict different classes "
+                             f"({', '.join(a.classes)} vs {', '.join(b.classes)}): no paired test is possible.",
+                             len(common))
+    if not a.paths or set(a.paths) != set(b.paths):
+        return RunComparison(a.run_id, b.run_id, rows, None, (
+            f"{names} were evaluated on different images ({a.n_images} and {b.n_images}, {len(common)} in "
+            "common): McNemar's paired test needs the same images. Train both on the same dataset with the same "
+            "split seed and fractions to compare them image by image."), len(common))
+    where = {path: i for i, path in enumerate(b.paths)}
+    order = [where[path] for path in a.paths]
+    y_true_b = np.asarray(b.y_true)[order]
+    if not np.array_equal(np.asarray(a.y_true), y_true_b):
+        return RunComparison(a.run_id, b.run_id, rows, None, f"{names} label the same images differently: "
+                             "no paired test is possible.", len(common))
+    test = mcnemar(np.asarray(a.y_true), np.asarray(a.y_pred), np.asarray(b.y_pred)[order], a.run_id, b.run_id)
+    if test.method == "no discordant images":
+        said = "both runs get exactly the same images right: no difference."
+    elif test.significant():
+        better = a.run_id if test.a_only_correct > test.b_only_correct else b.run_id
+        said = f"run {better} is better, a difference unlikely to be chance."
+    else:
+        said = "the difference could be chance; more test images would settle it."
+    reason = (f"McNemar's test on the same {len(order)} images: {test.a_only_correct} right only for run "
+              f"{a.run_id}, {test.b_only_correct} only for run {b.run_id}; p = {test.p_value:.3g} ({test.method}): "
+              f"{said}")
+    return RunComparison(a.run_id, b.run_id, rows, test, reason, len(common))
 
 
 # -------------------------------------------------------------------------------------------- a run

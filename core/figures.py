@@ -17,19 +17,58 @@ def _go():
     return go
 
 
-def confusion_figure(evaluation, normalized: bool = True):
-    """Heatmap of the confusion matrix (rows: true class); colour by row share, text by counts."""
+def confusion_figure(evaluation, normalized: bool = True, selected: tuple[int, int] | None = None):
+    """The confusion matrix (rows: true class, columns: predicted), coloured by share of the true class
+    (or by count), each cell labelled with its count.
+
+    Plotly reports no clicks on heatmap cells (plotly.js has no selection for heatmaps; Streamlit's
+    `on_select` returns an empty selection for them), so the colours are a heatmap and each cell also
+    carries a nearly transparent square marker on top: clicking a cell selects its marker, whose
+    customdata is (true index, predicted index); `confusion_cell` reads it back. `selected` outlines a cell.
+    """
     go = _go()
     classes = list(evaluation.classes)
-    z = [list(r) for r in (evaluation.confusion_normalized if normalized else evaluation.confusion)]
-    text = [[f"{c}" for c in row] for row in evaluation.confusion]
-    fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}", colorscale="Blues",
-                               zmin=0, zmax=1 if normalized else None,
-                               hovertemplate="true %{y}, predicted %{x}: %{text} images<extra></extra>"))
+    n = len(classes)
+    counts = [list(r) for r in evaluation.confusion]
+    shares = [list(r) for r in evaluation.confusion_normalized]
+    z = shares if normalized else counts
+    top = max((v for row in z for v in row), default=0) or 1
+    height = max(_HEIGHT, 30 * n + 150)
+    margin = {"l": 70, "r": 20, "t": 50, "b": 60}
+    cell_px = (height - margin["t"] - margin["b"]) / max(n, 1)
+    cells = [(t, p) for t in range(n) for p in range(n)]
+    fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1 if normalized else top,
+                               showscale=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(
+        x=[classes[p] for _, p in cells], y=[classes[t] for t, _ in cells], mode="markers+text",
+        text=[str(counts[t][p]) for t, p in cells],
+        textfont={"color": ["white" if z[t][p] > 0.55 * top else "#222" for t, p in cells]},
+        marker={"symbol": "square", "size": max(8.0, 0.95 * cell_px), "color": "#000", "opacity": 0.02},
+        selected={"marker": {"opacity": 0.25}}, unselected={"marker": {"opacity": 0.02}},
+        customdata=[[t, p, counts[t][p], shares[t][p]] for t, p in cells], showlegend=False, name="",
+        hovertemplate="true %{y}, predicted %{x}: %{customdata[2]} images (%{customdata[3]:.0%} of the true "
+                      "class)<br>click to see them<extra></extra>"))
+    if selected is not None and all(0 <= i < n for i in selected):
+        t, p = selected
+        fig.add_shape(type="rect", x0=p - 0.5, x1=p + 0.5, y0=t - 0.5, y1=t + 0.5,
+                      line={"color": "#e15759", "width": 3})
     fig.update_layout(title="Confusion matrix (colour: share of the true class)" if normalized else "Confusion matrix",
-                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-                      height=max(_HEIGHT, 30 * len(classes) + 150))
+                      xaxis_title="predicted", yaxis_title="true", height=height, margin=margin,
+                      hovermode="closest", clickmode="event+select", dragmode=False)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=classes, side="bottom")
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=classes, autorange="reversed")
     return fig
+
+
+def confusion_cell(point: dict[str, Any]) -> tuple[int, int] | None:
+    """(true index, predicted index) of a point a user selected in `confusion_figure`; None for any other point."""
+    data = point.get("customdata") if isinstance(point, dict) else None
+    if isinstance(data, (list, tuple)) and len(data) >= 2:
+        try:
+            return int(data[0]), int(data[1])
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def reliability_figure(evaluation):

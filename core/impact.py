@@ -84,6 +84,20 @@ def error_costs(y_true, predictions: dict[str, Any], classes: Sequence[str], cos
     return tuple(rows)
 
 
+def cost_model(monthly_volume: float = 0.0, error_cost: float = 0.0, false_positive: str | None = None,
+               false_negative: str | None = None, currency: str = "") -> CostModel:
+    """A CostModel from what a person types: the per-class costs as `parse_class_costs` reads them."""
+    fp_default, fp = parse_class_costs(false_positive)
+    fn_default, fn = parse_class_costs(false_negative)
+    numbers = {"monthly volume": monthly_volume, "cost of an error": error_cost,
+               **{f"false-positive cost of {c}": v for c, v in fp.items()}, "false-positive cost": fp_default,
+               **{f"false-negative cost of {c}": v for c, v in fn.items()}, "false-negative cost": fn_default}
+    bad = [f"{name} ({value:g})" for name, value in numbers.items() if not np.isfinite(value) or value < 0]
+    if bad:
+        raise CostError(f"costs and volume must be zero or positive numbers: {', '.join(bad)}")
+    return CostModel(float(monthly_volume), float(error_cost), fp, fn, fp_default, fn_default, currency.strip())
+
+
 def parse_class_costs(text: str | None) -> tuple[float, dict[str, float]]:
     """`"5"` -> (5, {}); `"cat=5,dog=2"` -> (0, {cat: 5, dog: 2}); `"1,cat=5"` -> (1, {cat: 5})."""
     default, per_class = 0.0, {}

@@ -35,12 +35,13 @@ import torch
 from .corruptions import CORRUPTIONS, SEVERITIES, CorruptionError
 from .evaluate import EvaluationError, Predictions, RunEvaluation, best_checkpoint, predict_images, \
     recorded_baseline, summarize
-from .impact import CostError, CostModel, ModelCost, error_costs, parse_class_costs
+from .impact import CostError, CostModel, ModelCost, cost_model, error_costs
 from .latency import DeploymentProfile
 from .robustness import DriftResult, RobustnessResult
 from .stats import McNemarResult, mcnemar
 
 FINE_TUNED = "fine-tuned"
+SPLITS = ("train", "val", "test")
 REPORT_FILES = {"html": "report.html", "json": "metrics.json", "csv": "metrics.csv"}
 N_THUMBNAILS = 24  # misclassified images shown as pictures in the HTML report
 
@@ -64,6 +65,26 @@ class EvaluationOptions:
     costs: CostModel | None = None
     n_boot: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        bad = [c for c in self.corruptions if c not in CORRUPTIONS]
+        if bad:
+            raise CorruptionError(f"unknown corruption(s) {', '.join(map(str, bad))}; choose from "
+                                  f"{', '.join(CORRUPTIONS)}")
+        bad = [s for s in self.severities if s not in SEVERITIES]
+        if bad:
+            raise CorruptionError(f"severities must be among {', '.join(map(str, SEVERITIES))}, got "
+                                  f"{', '.join(map(str, bad))}")
+        if self.corruptions and not self.severities:
+            raise CorruptionError("pick at least one severity for the corruptions, or no corruption to skip the "
+                                  "robustness sweep")
+        for name in ("batch_size", "latency_batch", "max_baseline_train"):
+            if getattr(self, name) < 1:
+                raise EvaluationError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.latency_budget_s > 0:
+            raise EvaluationError(f"latency_budget_s must be above 0 seconds, got {self.latency_budget_s}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,6 +135,9 @@ class EvaluationReport:
     notes: tuple[str, ...]  # what a reader should know (left-out images, subsampled baselines, ...)
     seconds: float
     files: dict[str, str] = field(default_factory=dict)  # html/json/csv paths, once written
+    # model name -> predicted class of each evaluated image (evaluation.y_true's order): the costs and any
+    # paired test are recomputed from these without running a model again
+    predictions: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -242,13 +266,30 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
         if drift_result.excluded_overlap:
             notes.append(f"drift: {drift_result.excluded_overlap} images of {options.drift_data} are copies of the "
                          "run's train/val images and were left out")
-    costs: tuple[ModelCost, ...] = ()
-    if options.costs is not None:
-        costs = error_costs(y_true, predicted, classes, options.costs, options.seed)
+    report = EvaluationReport(run_id, meta["architecture_name"], split_name, classes, _device_text(device),
+                              evaluation, tuple(scores), comparison, helped, verdict, deployment, robustness,
+                              drift_result, (), options, tuple(notes), time.time() - started,
+                              predictions={name: tuple(int(v) for v in p) for name, p in predicted.items()})
+    return with_costs(report, options.costs)
 
-    return EvaluationReport(run_id, meta["architecture_name"], split_name, classes, _device_text(device), evaluation,
-                            tuple(scores), comparison, helped, verdict, deployment, robustness, drift_result, costs,
-                            options, tuple(notes), time.time() - started)
+
+def with_costs(report: EvaluationReport, costs: CostModel | None) -> EvaluationReport:
+    """The same report priced with other costs (None: without costs). Computed from the per-image
+    predictions the report keeps, so changing a cost runs no model again: milliseconds, not minutes."""
+    options = dataclasses.replace(report.options, costs=costs)
+    if costs is None:
+        return dataclasses.replace(report, costs=(), options=options)
+    priced = error_costs(report.evaluation.y_true, report.predictions, report.classes, costs, report.options.seed)
+    return dataclasses.replace(report, costs=priced, options=options)
+
+
+def progress_steps(options: EvaluationOptions) -> int:
+    """How many progress messages `build_report` sends with these options (training from scratch sends
+    one per epoch on top): a progress bar's denominator."""
+    steps = 2  # decoding the images, the fine-tuned model
+    if options.baselines or options.from_scratch:
+        steps += 1 + 3 * options.baselines + options.from_scratch
+    return steps + options.latency + len(options.corruptions) * len(options.severities) + bool(options.drift_data)
 
 
 def _score(name: str, kind: str, ev: RunEvaluation, seconds: float, description: str) -> ModelScore:
@@ -306,18 +347,34 @@ def _device_text(device: torch.device) -> str:
 # --------------------------------------------------------------------------------------------- export
 def write_report(report: EvaluationReport, folder: str) -> EvaluationReport:
     """report.html (self-contained), metrics.json and metrics.csv in `folder`; returns the report with `files`."""
-    os.makedirs(folder, exist_ok=True)
     files = {kind: os.path.join(os.path.abspath(folder), name) for kind, name in REPORT_FILES.items()}
     report = dataclasses.replace(report, files=files)
-    with open(files["html"], "w", encoding="utf-8") as f:
-        f.write(render_html(report))
-    with open(files["json"], "w", encoding="utf-8") as f:
-        json.dump(jsonable(report.to_dict()), f, indent=1)
-    with open(files["csv"], "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["section", "model", "name", "value", "low", "high"])
-        writer.writeheader()
-        writer.writerows(metric_rows(report))
+    # everything rendered before anything is written; each file appears whole or not at all
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["section", "model", "name", "value", "low", "high"])
+    writer.writeheader()
+    writer.writerows(metric_rows(report))
+    contents = {"html": render_html(report), "json": json.dumps(jsonable(report.to_dict()), indent=1),
+                "csv": table.getvalue()}
+    os.makedirs(folder, exist_ok=True)
+    for kind, text in contents.items():
+        _write_atomically(files[kind], text)
     return report
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename it over `path`."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def metric_rows(report: EvaluationReport) -> list[dict[str, Any]]:
@@ -354,6 +411,45 @@ def metric_rows(report: EvaluationReport) -> list[dict[str, Any]]:
         rows.append({"section": "costs", "model": c.model, "name": "cost_per_month", "value": c.cost_per_month,
                      "low": c.cost_per_month_interval[0], "high": c.cost_per_month_interval[1]})
     return rows
+
+
+def model_rows(report: EvaluationReport) -> list[dict[str, Any]]:
+    """The side-by-side table: one row per model (fine-tuned first), with the 95% intervals."""
+    return [{"model": m.name, "accuracy": m.metrics.get("accuracy"),
+             "accuracy 95%": _interval(m.intervals.get("accuracy")), "macro F1": m.metrics.get("macro_f1"),
+             "macro F1 95%": _interval(m.intervals.get("macro_f1")), "log loss": m.metrics.get("log_loss"),
+             "seconds": m.seconds, "what it is": m.description} for m in report.models]
+
+
+def deployment_rows(deployment: DeploymentProfile) -> list[tuple[str, Any]]:
+    """(figure, value) pairs of a deployment profile, in words, for a table."""
+    d, lat = deployment, deployment.latency
+    return [("parameters", f"{d.parameters:,}"), ("weights file, MiB", d.file_size_mb if d.file_size_mb else "-"),
+            ("device", lat.device), ("precision", lat.dtype), ("input", f"{lat.image_size} px"),
+            ("latency per image, batch 1, ms", lat.latency_ms_batch1),
+            (f"latency per image, batch {lat.batch_size}, ms", lat.latency_ms_batch),
+            (f"throughput at batch {lat.batch_size}, images/s", lat.throughput_per_s),
+            (f"peak memory at batch {lat.batch_size}, MiB", lat.peak_memory_mb),
+            ("memory measured as", lat.memory_method),
+            ("load average when measured", lat.load_average if lat.load_average is not None else "-")]
+
+
+def default_report_dir(runs_dir: str, run_id: str, split: str = "test") -> str:
+    """Where a run's report is written: RUNS_DIR/RUN_ID/evaluation (evaluation-val for the val split, ...)."""
+    return os.path.join(runs_dir, run_id, "evaluation" if split == "test" else f"evaluation-{split}")
+
+
+PER_IMAGE = ("paths", "y_true", "y_pred", "confidence")  # RunEvaluation's per-image fields
+
+
+def summary_dict(report: EvaluationReport) -> dict[str, Any]:
+    """The report as plain JSON without the per-image predictions (which grow with the test set): what the
+    CLI prints. metrics.json keeps them."""
+    out = jsonable(report.to_dict())
+    for key in PER_IMAGE:
+        out["evaluation"].pop(key, None)
+    out["evaluation"]["per_image"] = "in metrics.json" if report.files else "not exported (--no-report)"
+    return out
 
 
 def jsonable(obj: Any) -> Any:
@@ -418,16 +514,10 @@ def render_html(report: EvaluationReport) -> str:
     if report.notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append("<h2>Fine-tuned model and baselines</h2>")
-    parts.append(_table(["model", "accuracy", "95% interval", "macro F1", "95% interval", "log loss", "seconds",
-                         "what it is"],
-                        [[m.name, m.metrics.get("accuracy"), _interval(m.intervals.get("accuracy")),
-                          m.metrics.get("macro_f1"), _interval(m.intervals.get("macro_f1")),
-                          m.metrics.get("log_loss"), m.seconds, m.description] for m in report.models], "models"))
+    rows = model_rows(report)
+    parts.append(_table(list(rows[0]), [list(r.values()) for r in rows], "models"))
     if report.comparison:
-        c = report.comparison
-        parts.append(f"<p>McNemar's test, {html.escape(c.model_a)} vs {html.escape(c.model_b)}: "
-                     f"{c.a_only_correct} images right only for {html.escape(c.model_a)}, {c.b_only_correct} only for "
-                     f"{html.escape(c.model_b)}; p = {c.p_value:.3g} ({html.escape(c.method)}).</p>")
+        parts.append(f"<p>{html.escape(report.comparison.describe())}</p>")
     parts.append(rendered["models"])
     parts.append("<h2>Metrics of the fine-tuned model</h2>")
     parts.append(_table(["metric", "value", "95% interval"],
@@ -461,19 +551,8 @@ def render_html(report: EvaluationReport) -> str:
                         [[h["path"], h["true"], h["predicted"], h["p_true"], h["loss"]] for h in ev.highest_loss],
                         "highest-loss"))
     if report.deployment:
-        d = report.deployment
-        lat = d.latency
         parts.append("<h2>Deployment, measured on this device</h2>")
-        parts.append(_table(["figure", "value"], [
-            ["parameters", f"{d.parameters:,}"], ["weights file, MiB", d.file_size_mb if d.file_size_mb else "-"],
-            ["device", lat.device], ["precision", lat.dtype], ["input", f"{lat.image_size} px"],
-            ["latency per image, batch 1, ms", lat.latency_ms_batch1],
-            [f"latency per image, batch {lat.batch_size}, ms", lat.latency_ms_batch],
-            [f"throughput at batch {lat.batch_size}, images/s", lat.throughput_per_s],
-            [f"peak memory at batch {lat.batch_size}, MiB", lat.peak_memory_mb],
-            ["memory measured as", lat.memory_method],
-            ["load average when measured", lat.load_average if lat.load_average is not None else "-"],
-        ], "deployment"))
+        parts.append(_table(["figure", "value"], deployment_rows(report.deployment), "deployment"))
     if report.robustness:
         r = report.robustness
         parts.append("<h2>Robustness to corruptions</h2>")
@@ -549,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fn-cost", help="cost of a false negative, same forms as --fp-cost")
     parser.add_argument("--currency", default="")
     parser.add_argument("--report-dir", help="where report.html, metrics.json, metrics.csv go "
-                        "(default: RUNS_DIR/RUN_ID/evaluation)")
+                        "(default: RUNS_DIR/RUN_ID/evaluation, or evaluation-SPLIT for another split)")
     parser.add_argument("--no-report", action="store_true", help="print the JSON only, write no files")
     parser.add_argument("--seed", type=int, default=0)
     from .catalog import CatalogError
@@ -562,14 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         corruptions = () if args.corruptions.strip().lower() in ("", "none") else \
             tuple(c.strip() for c in args.corruptions.split(",") if c.strip())
-        bad = [c for c in corruptions if c not in CORRUPTIONS]
-        if bad:
-            raise CorruptionError(f"unknown corruption(s) {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
         costs = None
         if args.volume is not None or args.fp_cost or args.fn_cost or args.error_cost:
-            fp_default, fp = parse_class_costs(args.fp_cost)
-            fn_default, fn = parse_class_costs(args.fn_cost)
-            costs = CostModel(args.volume or 0.0, args.error_cost, fp, fn, fp_default, fn_default, args.currency)
+            costs = cost_model(args.volume or 0.0, args.error_cost, args.fp_cost, args.fn_cost, args.currency)
         options = EvaluationOptions(args.split, args.data, args.drift_data, args.workspace, args.device,
                                     args.batch_size, not args.no_baselines, args.from_scratch,
                                     corruptions=corruptions, latency=not args.no_latency,
@@ -577,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = build_report(args.runs_dir, args.run_id, options,
                               progress=lambda m: print(m, file=sys.stderr, flush=True))
         if not args.no_report:
-            report = write_report(report, args.report_dir or os.path.join(args.runs_dir, args.run_id, "evaluation"))
+            report = write_report(report, args.report_dir or default_report_dir(args.runs_dir, args.run_id, args.split))
     except _UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -591,5 +665,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.verdict, file=sys.stderr)
     if report.files:
         print(f"report: {report.files['html']}", file=sys.stderr)
-    print(json.dumps(jsonable(report.to_dict())))
+    print(json.dumps(summary_dict(report)))
     return 0

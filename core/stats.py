@@ -95,6 +95,12 @@ class McNemarResult:
     def significant(self, alpha: float = 0.05) -> bool:
         return self.p_value < alpha
 
+    def describe(self) -> str:
+        """One sentence: the discordant counts and the p-value, for reports and pages."""
+        return (f"McNemar's test, {self.model_a} vs {self.model_b}: {self.a_only_correct} images right only for "
+                f"{self.model_a}, {self.b_only_correct} only for {self.model_b}; p = {self.p_value:.3g} "
+                f"({self.method}).")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

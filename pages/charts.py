@@ -1,4 +1,6 @@
-"""Plotly figures for the pages, built from the tidy tables core returns (no Streamlit here)."""
+"""Plotly figures for the pages, built from the tidy tables core returns (no Streamlit here). Figures of an
+evaluation (confusion matrix, reliability, baselines, robustness, costs) are core.figures: the HTML report
+draws them too."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -62,20 +64,6 @@ def class_counts_figure(split_counts: Mapping[str, Mapping[str, int]]) -> go.Fig
     fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class", yaxis_title="images",
                       **_LAYOUT)
     fig.update_xaxes(type="category")
-    return fig
-
-
-def confusion_figure(classes: Sequence[str], matrix: Sequence[Sequence[float]], normalized: bool) -> go.Figure:
-    """Rows: the true class; columns: the predicted class."""
-    text = [[f"{v:.0%}" if normalized else f"{v:d}" for v in row] for row in matrix]
-    fig = go.Figure(go.Heatmap(z=matrix, x=list(classes), y=list(classes), text=text, texttemplate="%{text}",
-                               colorscale="Blues", showscale=False,
-                               hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>"))
-    size = max(360, min(900, 40 * len(classes) + 160))
-    fig.update_layout(title="Confusion matrix", xaxis_title="predicted class", yaxis_title="true class",
-                      **{**_LAYOUT, "height": size})
-    fig.update_xaxes(type="category", side="bottom")
-    fig.update_yaxes(type="category", autorange="reversed")
     return fig
 
 

@@ -1,14 +1,38 @@
-"""6 · Evaluate: a run's best model on its held-out split: headline metrics against the linear-probe baseline,
-the confusion matrix, per-class precision/recall/F1, and the most confident mistakes."""
+"""6 · Evaluate: a run's best model on its held-out split. At once: headline metrics with 95% intervals against
+the linear probe, the confusion matrix (click a cell to see its images), per-class scores, calibration and the
+error analysis. In the background: the full report (baselines side by side, McNemar's test, deployment,
+robustness, drift). Then the cost of errors, a second run compared image by image, and the export."""
+import json
 import os
 
 import pandas as pd
 import streamlit as st
 
-from core.compare import FINISHED
+from core import figures
+from core.compare import FINISHED, dataset_names
+from core.corruptions import CORRUPTIONS, SEVERITIES
 from core.estimate import default_device
-from core.evaluate import evaluate_run
-from pages import charts, ui
+from core.evaluate import cell_images, compare_evaluations, evaluate_run
+from core.impact import cost_model, error_costs
+from core.report import FINE_TUNED, EvaluationOptions, build_report, default_report_dir, deployment_rows, \
+    model_rows, progress_steps, with_costs, write_report
+from pages import ui
+
+# --- session keys: widget keys are "evaluate.*"; the "…saved" keys outlive a visit to another page
+RUN_SAVED = "evaluate.run.saved"  # dict(watched, run): the run picked here while ui.RUN was `watched`
+SPLIT_SAVED = "evaluate.split.saved"
+CELL = "evaluate.cell"  # "t,p": the confusion-matrix cell whose images are shown
+CONFUSION = "evaluate.confusion"  # the chart's selection
+REPORT_SAVED = "evaluate.report.saved"  # the last report's options (widgets' values), to find it again
+COSTS_SAVED = "evaluate.costs.saved"
+EXPORTED = "evaluate.exported"  # dict(task, files) of the last export
+N_SHOWN = 24  # images shown per grid
+REPORT_DEFAULTS = {"baselines": True, "from_scratch": False, "corruptions": list(CORRUPTIONS),
+                   "severities": list(SEVERITIES), "latency": True, "latency_budget_s": 1.0, "drift_dataset": "",
+                   "drift_path": ""}  # the report form's widgets (evaluate.opt.<name>) and their first values
+COMPARISON_LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "macro_precision": "macro precision",
+                     "macro_recall": "macro recall", "top3_accuracy": "top-3 accuracy",
+                     "top5_accuracy": "top-5 accuracy", "log_loss": "log loss", "ece": "calibration error (ECE)"}
 
 
 @st.cache_data(max_entries=8, show_spinner="Evaluating the best checkpoint…")
@@ -17,8 +41,36 @@ def evaluation(runs_dir: str, run_id: str, split: str, checkpoint_mtime: float):
     return evaluate_run(runs_dir, run_id, split, device=default_device())
 
 
+def checkpoint_mtime(run: dict) -> float:
+    path = run["best_checkpoint"]
+    return os.path.getmtime(path) if path and os.path.exists(path) else 0.0
+
+
+def kept(key: str, saved: str, default):
+    """Seed widget `key` from what this session last chose (Streamlit drops a widget's state on other pages)."""
+    ui.seed(key, st.session_state.get(saved, default))
+
+
+def cell_of(value, n: int) -> tuple[int, int] | None:
+    """The (true, predicted) indices of a "t,p" cell key, None unless both are below n."""
+    try:
+        t, p = map(int, str(value).split(","))
+    except ValueError:
+        return None
+    return (t, p) if 0 <= t < n and 0 <= p < n else None
+
+
+def image_grid(items, caption) -> None:
+    shown = list(items)[:N_SHOWN]
+    if shown:
+        st.image([m["path"] for m in shown], width=96, caption=[caption(m) for m in shown])
+    if len(items) > N_SHOWN:
+        st.caption(f"The first {N_SHOWN} of {len(items)}.")
+
+
 st.title("6 · Evaluate")
 manager = ui.job_manager()
+runs_dir = manager.store.runs_dir
 runs = [r for r in manager.store.list_runs() if r["best_checkpoint"] and (r["status"] in FINISHED or
                                                                           r["status"] == "stopped")]
 if not runs:
@@ -29,45 +81,319 @@ if not runs:
 
 ids = [r["id"] for r in runs]
 by_id = {r["id"]: r for r in runs}
-current = st.session_state.get(ui.RUN)
-run_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
-                      format_func=lambda i: f"{i} · {by_id[i]['model']} · {by_id[i]['status']}")
-split = st.radio("Split", ["test", "val"], horizontal=True,
-                 help="test: held out until now, the honest score. val: used to pick the best epoch.")
-checkpoint = by_id[run_id]["best_checkpoint"]
-mtime = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else 0.0
-result = ui.attempt("Evaluating the run", evaluation, manager.store.runs_dir, run_id, split, mtime)
+watched = st.session_state.get(ui.RUN)
+saved = st.session_state.get(RUN_SAVED) or {}
+# the run picked here, unless another run has been watched (trained, resumed) since: then that one
+preferred = saved.get("run") if saved.get("watched") == watched else watched
+ui.seed("evaluate.run", preferred if preferred in ids else ids[0])
+if st.session_state["evaluate.run"] not in ids:
+    st.session_state["evaluate.run"] = ids[0]
+left, right = st.columns([3, 2])
+run_id = left.selectbox("Run", ids, key="evaluate.run",
+                        format_func=lambda i: f"{i} · {by_id[i]['model']} · {by_id[i]['status']}")
+st.session_state[RUN_SAVED] = {"watched": watched, "run": run_id}
+kept("evaluate.split", SPLIT_SAVED, "test")
+split = right.radio("Split", ["test", "val"], horizontal=True, key="evaluate.split",
+                    help="test: held out until now, the honest score. val: used to pick the best epoch.")
+st.session_state[SPLIT_SAVED] = split
+mtime = checkpoint_mtime(by_id[run_id])
+result = ui.attempt("Evaluating the run", evaluation, runs_dir, run_id, split, mtime)
 if result is None:
     st.stop()
 
+# --- headline numbers
 cols = st.columns(5)
 for col, key in zip(cols, ("accuracy", "macro_f1", "macro_precision", "macro_recall")):
     base = result.baseline.get(f"{split}_{key}")
     col.metric(f"{split} {key.replace('_', ' ')}", f"{result.metrics[key]:.1%}",
                f"{result.metrics[key] - base:+.1%} vs. linear probe" if base is not None else None)
 cols[4].metric("log loss", f"{result.metrics['log_loss']:.3f}")
-if result.baseline:
-    st.caption("The linear probe is the baseline every run records first: the frozen pretrained model with only "
-               "a linear classifier fitted on its features. Fine-tuning should beat it.")
+intervals = ", ".join(f"{name.replace('_', ' ')} {lo:.3f}–{hi:.3f}" for name, (lo, hi) in result.intervals.items())
+st.caption(f"{result.n_images} {split} images. 95% bootstrap intervals: {intervals}. "
+           + ("The linear probe is the baseline every run records first: the frozen pretrained model with only a "
+              "linear classifier fitted on its features. Fine-tuning should beat it." if result.baseline else ""))
+cols = st.columns(5)
+for col, k in zip(cols, (3, 5)):
+    if f"top{k}_accuracy" in result.metrics:
+        col.metric(f"top-{k} accuracy", f"{result.metrics[f'top{k}_accuracy']:.1%}")
+cols[2].metric("calibration error (ECE)", f"{result.metrics['ece']:.3f}",
+               help="Expected calibration error: how far the model's confidence is from its accuracy (0 is perfect).")
+cols[3].metric("misclassified", f"{len(result.misclassified)}")
 
-left, right = st.columns([3, 2])
-with left:
-    normalized = st.toggle("Show shares of each true class", value=True)
-    st.plotly_chart(charts.confusion_figure(result.classes, result.confusion_normalized if normalized
-                                            else result.confusion, normalized), key="confusion")
-with right:
-    st.markdown("**Per class**")
-    st.dataframe(pd.DataFrame(result.per_class), hide_index=True, column_config={
-        "precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-        "recall": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-        "f1": st.column_config.ProgressColumn("F1", format="percent", min_value=0, max_value=1)})
+tabs = st.tabs(["Confusion matrix and errors", "Per class and calibration", "Full report", "Cost of errors",
+                "Compare two runs", "Export"])
 
-st.subheader(f"Misclassified images ({len(result.misclassified)})")
-if result.misclassified:
-    st.caption("The most confident mistakes first: look for wrong labels, ambiguous images, or a class the model "
-               "confuses systematically.")
-    shown = result.misclassified[:16]
-    st.image([m["path"] for m in shown], width=96,
-             caption=[f"{m['true']} → {m['predicted']} ({m['confidence']:.0%})" for m in shown])
-else:
-    st.success("No mistakes on this split.")
+# ------------------------------------------------------------------------------ confusion and errors
+with tabs[0]:
+    classes = result.classes
+    cells = sorted(((t, p) for t in range(len(classes)) for p in range(len(classes)) if result.confusion[t][p]),
+                   key=lambda c: (c[0] == c[1], -result.confusion[c[0]][c[1]], c))
+    options = [f"{t},{p}" for t, p in cells]
+    chosen = st.session_state.get(CELL)
+    if cell_of(chosen, len(classes)) is None:
+        st.session_state[CELL] = options[0] if options else None  # none yet, or a cell of a larger matrix
+    elif chosen not in options:
+        options.append(chosen)  # an empty cell, clicked
+
+    def cell_label(option: str) -> str:
+        t, p = map(int, option.split(","))
+        count = result.confusion[t][p]
+        return (f"{classes[t]} → {classes[p]}: {count} image{'' if count == 1 else 's'}"
+                + (" (correct)" if t == p else ""))
+
+    def clicked() -> None:
+        """A click on the matrix picks the cell in the list below (the list also works without a mouse)."""
+        event = st.session_state.get(CONFUSION)
+        points = event["selection"]["points"] if event else []
+        cell = figures.confusion_cell(points[0]) if points else None
+        if cell is not None:
+            st.session_state[CELL] = f"{cell[0]},{cell[1]}"
+
+    chart, pick = st.columns([3, 2])
+    with chart:
+        normalized = st.toggle("Colour by share of each true class", value=True, key="evaluate.normalized")
+        st.plotly_chart(figures.confusion_figure(result, normalized, selected=cell_of(st.session_state[CELL],
+                                                                                    len(classes))), key=CONFUSION,
+                        on_select=clicked, selection_mode="points")
+    with pick:
+        st.markdown("**Images behind a cell.** Click a cell of the matrix, or pick it here:")
+        cell = st.selectbox("Cell (true → predicted)", options, key=CELL, format_func=cell_label)
+        if cell:
+            t, p = cell_of(cell, len(classes))
+            images = ui.attempt("Finding the images", cell_images, result, t, p)
+            if images is not None:
+                what = "classified correctly" if t == p else f"predicted as {classes[p]}"
+                if images:
+                    st.markdown(f"**{len(images)} image{'' if len(images) == 1 else 's'} of {classes[t]} {what}**, "
+                                "most confident first")
+                    image_grid(images, lambda m: f"{m['confidence']:.0%}")
+                else:
+                    st.markdown(f"**No image of {classes[t]} {what}.**")
+
+    st.subheader("Most confused class pairs")
+    if result.confused_pairs:
+        st.dataframe(pd.DataFrame(result.confused_pairs), hide_index=True, column_config={
+            "predicted": "predicted as", "count": "images",
+            "share": st.column_config.ProgressColumn("share of the true class", format="percent", min_value=0,
+                                                     max_value=1)})
+    else:
+        st.caption("No class is taken for another.")
+    st.subheader(f"Misclassified images ({len(result.misclassified)})")
+    if result.misclassified:
+        st.caption("The most confident mistakes first: look for wrong labels, ambiguous images, or a class the model "
+                   "confuses systematically.")
+        image_grid(result.misclassified, lambda m: f"{m['true']} → {m['predicted']} ({m['confidence']:.0%})")
+    else:
+        st.success("No mistakes on this split.")
+    st.subheader("Highest-loss images")
+    st.caption("The images the model found least likely to be what they are labelled (correct ones included): "
+               "label errors often hide here.")
+    image_grid(result.highest_loss, lambda m: f"{m['true']} → {m['predicted']} (p(true) {m['p_true']:.0%})")
+
+# ---------------------------------------------------------------------------- per class, calibration
+with tabs[1]:
+    left, right = st.columns([2, 3])
+    with left:
+        st.dataframe(pd.DataFrame(result.per_class), hide_index=True, column_config={
+            "precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+            "recall": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+            "f1": st.column_config.ProgressColumn("F1", format="percent", min_value=0, max_value=1)})
+    right.plotly_chart(figures.per_class_figure(result), key="evaluate.per_class")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.reliability_figure(result), key="evaluate.reliability")
+    right.markdown("**Calibration.** Bars below the diagonal: the model is more confident than it is right "
+                   "(over-confident); above: under-confident. The expected calibration error (ECE) is the average "
+                   f"gap, weighted by images: **{result.metrics['ece']:.3f}** here.")
+
+# ------------------------------------------------------------------------------------- full report
+tasks = manager.tasks
+with tabs[2]:
+    st.markdown("Sets the fine-tuned model beside simple baselines on the same images, tests whether the "
+                "difference is beyond chance (McNemar), measures speed and memory on this machine, and how "
+                "accuracy holds up under corruptions and on a second data source. It runs in the background: "
+                "you may leave this page.")
+    for name, value in {**REPORT_DEFAULTS, **st.session_state.get(REPORT_SAVED, {})}.items():
+        ui.seed(f"evaluate.opt.{name}", value)
+    names = ui.attempt("Listing the datasets", dataset_names, ui.workspace().root) or {}
+    if st.session_state["evaluate.opt.drift_dataset"] not in ["", *names]:
+        st.session_state["evaluate.opt.drift_dataset"] = ""
+    with st.form("evaluate.report_form"):
+        a, b, c = st.columns(3)
+        a.checkbox("Baselines", key="evaluate.opt.baselines",
+                   help="Majority class, colour + HOG features with logistic regression, and the linear probe: "
+                        "the frozen pretrained model with a linear head. Seconds to a minute.")
+        a.checkbox("Train from scratch too (slow)", key="evaluate.opt.from_scratch",
+                   help="The same architecture from random weights with the run's epoch budget.")
+        a.checkbox("Latency and memory", key="evaluate.opt.latency")
+        a.number_input("Seconds of timing per batch size", min_value=0.05, max_value=30.0, step=0.25,
+                       key="evaluate.opt.latency_budget_s")
+        b.multiselect("Corruptions", list(CORRUPTIONS), key="evaluate.opt.corruptions",
+                      help="None: no robustness sweep.")
+        b.multiselect("Severities", list(SEVERITIES), key="evaluate.opt.severities",
+                      help="1, 2, 3 are ImageNet-C's levels 1, 3 and 5.")
+        c.selectbox("Second data source (drift)", ["", *names], key="evaluate.opt.drift_dataset",
+                    format_func=lambda d: names.get(d, d) if d else "none")
+        c.text_input("…or a folder, archive or CSV on this server", key="evaluate.opt.drift_path",
+                     help="Images the run trained or validated on are left out. A path here wins over the list.")
+        submitted = st.form_submit_button("Build the full report", type="primary")
+    chosen = {name: st.session_state[f"evaluate.opt.{name}"] for name in REPORT_DEFAULTS}
+    options = ui.attempt(
+        "Checking the report options", EvaluationOptions, split=split,
+        drift_data=chosen["drift_path"].strip() or chosen["drift_dataset"] or None,
+        workspace_dir=ui.workspace().root, baselines=chosen["baselines"], from_scratch=chosen["from_scratch"],
+        corruptions=tuple(x for x in CORRUPTIONS if x in chosen["corruptions"]),
+        severities=tuple(sorted(chosen["severities"])), latency=chosen["latency"],
+        latency_budget_s=float(chosen["latency_budget_s"]))
+    task_key = json.dumps({"run": run_id, "checkpoint": mtime, **(options.to_dict() if options else {})},
+                          sort_keys=True)
+    if submitted and options is not None:
+        st.session_state[REPORT_SAVED] = chosen
+        tasks.submit("report", task_key, f"Report on run {run_id} ({split})", build_report, runs_dir, run_id,
+                     options)
+    snap = tasks.latest("report", task_key) if options is not None else None
+
+    @st.fragment(run_every=1.0)
+    def report_progress(task_id: str, steps: int) -> None:
+        now = tasks.snapshot(task_id)
+        if now is None or not now.active:
+            st.rerun()  # finished: the whole page shows the report
+        st.progress(min(0.99, now.messages / max(steps, 1)),
+                    text=f"Building the report · {now.message} · {now.seconds:.0f} s")
+
+    report = None
+    if snap is None:
+        st.caption("Not built yet for this run, split and these options.")
+    elif snap.active:
+        report_progress(snap.task_id, progress_steps(options))
+    elif snap.status == "failed":
+        st.error(f"**Building the report failed.** {snap.error}")
+    else:
+        report = snap.result
+        st.caption(f"Built in {report.seconds:.0f} s on {report.device}.")
+        say = st.success if report.fine_tuning_helped else st.info if report.fine_tuning_helped is None else st.warning
+        say(report.verdict)
+        for note in report.notes:
+            st.caption(note)
+        st.subheader("Fine-tuned model and baselines")
+        st.dataframe(pd.DataFrame(model_rows(report)), hide_index=True, column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.3f"),
+            "macro F1": st.column_config.NumberColumn(format="%.3f"),
+            "log loss": st.column_config.NumberColumn(format="%.3f"),
+            "seconds": st.column_config.NumberColumn(format="%.1f")})
+        if report.comparison:
+            st.markdown(report.comparison.describe())
+        st.plotly_chart(figures.models_figure(report.models), key="evaluate.models")
+        if report.deployment:
+            st.subheader("Deployment, measured on this machine")
+            lat = report.deployment.latency
+            cols = st.columns(4)
+            cols[0].metric("parameters", f"{report.deployment.parameters / 1e6:.2f} M")
+            cols[1].metric("latency, batch 1", f"{lat.latency_ms_batch1:.1f} ms/image")
+            cols[2].metric(f"throughput, batch {lat.batch_size}", f"{lat.throughput_per_s:.0f} images/s")
+            cols[3].metric(f"peak memory, batch {lat.batch_size}", f"{lat.peak_memory_mb:.0f} MiB")
+            with st.expander("All deployment figures"):
+                st.dataframe(pd.DataFrame([(k, str(v)) for k, v in deployment_rows(report.deployment)],
+                                          columns=["figure", "value"]), hide_index=True)
+        if report.robustness:
+            r = report.robustness
+            st.subheader("Robustness to corruptions")
+            st.markdown(f"Clean accuracy **{r.clean_accuracy:.1%}**, **{r.mean_corrupted_accuracy:.1%}** on average "
+                        f"under the corruptions; the largest drop: {r.worst}.")
+            st.plotly_chart(figures.robustness_figure(r), key="evaluate.robustness")
+        if report.drift:
+            d = report.drift
+            st.subheader("Second data source (drift)")
+            st.markdown(f"On **{d.source}**: accuracy **{d.accuracy:.1%}** (macro F1 {d.macro_f1:.1%}) on "
+                        f"{d.n_images} images, against {d.reference_accuracy:.1%} on the run's own {split} split; "
+                        f"{d.excluded_overlap} images left out as copies of train/val images"
+                        + (f"; unknown classes left out: {', '.join(d.unknown_classes)}" if d.unknown_classes
+                           else "") + ".")
+
+# ------------------------------------------------------------------------------------ cost of errors
+with tabs[3]:
+    st.markdown("What the errors cost: a misclassification of class *t* as *p* costs the cost of an error, plus "
+                "*t*'s false-negative cost, plus *p*'s false-positive cost. Per class: `5` (every class), "
+                "`cat=5,dog=2`, or `1,cat=5` (1 for the others).")
+    costs_saved = {"volume": 10_000.0, "error": 1.0, "fp": "", "fn": "", "currency": "",
+                   **st.session_state.get(COSTS_SAVED, {})}
+    for name, value in costs_saved.items():
+        ui.seed(f"evaluate.cost.{name}", value)
+    cols = st.columns([1, 1, 2, 2, 1])
+    cols[0].number_input("Images per month", min_value=0.0, step=1000.0, key="evaluate.cost.volume")
+    cols[1].number_input("Cost of any error", min_value=0.0, step=1.0, key="evaluate.cost.error")
+    cols[2].text_input("False-positive cost per class", key="evaluate.cost.fp", placeholder="e.g. 1,defect=5",
+                       help="The cost of predicting a class wrongly (a false alarm for it).")
+    cols[3].text_input("False-negative cost per class", key="evaluate.cost.fn", placeholder="e.g. defect=100",
+                       help="The cost of missing a class (an image of it predicted as another).")
+    cols[4].text_input("Currency", key="evaluate.cost.currency", placeholder="EUR")
+    entered = {name: st.session_state[f"evaluate.cost.{name}"] for name in costs_saved}
+    st.session_state[COSTS_SAVED] = entered
+    prices = ui.attempt("Reading the costs", cost_model, entered["volume"], entered["error"], entered["fp"],
+                        entered["fn"], entered["currency"])
+    priced = None
+    if prices is not None and report is not None:
+        priced = ui.attempt("Pricing the errors", lambda: with_costs(report, prices).costs)
+    elif prices is not None:
+        priced = ui.attempt("Pricing the errors", error_costs, result.y_true, {FINE_TUNED: result.y_pred},
+                            result.classes, prices)
+        st.caption("Only the fine-tuned model is priced until the full report has computed the baselines.")
+    if priced:
+        unit = f" {prices.currency}" if prices.currency else ""
+        st.dataframe(pd.DataFrame([{
+            "model": c.model, "error rate": c.error_rate, "errors per month": c.errors_per_month,
+            "cost per image": c.cost_per_image, f"cost per month{unit}": c.cost_per_month,
+            "95% interval": f"{c.cost_per_month_interval[0]:,.0f} – {c.cost_per_month_interval[1]:,.0f}"}
+            for c in priced]), hide_index=True, column_config={
+            "error rate": st.column_config.NumberColumn(format="percent"),
+            "errors per month": st.column_config.NumberColumn(format="localized"),
+            "cost per image": st.column_config.NumberColumn(format="%.3f"),
+            f"cost per month{unit}": st.column_config.NumberColumn(format="localized")})
+        st.plotly_chart(figures.costs_figure(priced, prices.currency), key="evaluate.costs")
+
+# -------------------------------------------------------------------------------- compare two runs
+with tabs[4]:
+    others = [i for i in ids if i != run_id]
+    if not others:
+        st.caption("Train a second run to compare it with this one.")
+    else:
+        if st.session_state.get("evaluate.other") not in [None, *others]:
+            del st.session_state["evaluate.other"]
+        other = st.selectbox("Compare with", others, index=None, key="evaluate.other", placeholder="pick a run",
+                             format_func=lambda i: f"{i} · {by_id[i]['model']} · {by_id[i]['status']}")
+        second = ui.attempt("Evaluating the second run", evaluation, runs_dir, other, split,
+                            checkpoint_mtime(by_id[other])) if other else None
+        comparison = ui.attempt("Comparing the runs", compare_evaluations, result, second) if second else None
+        if comparison is not None:
+            frame = pd.DataFrame([{"metric": COMPARISON_LABELS.get(r["metric"], r["metric"]), "a": r["a"],
+                                   "b": r["b"], "difference": r["difference"]} for r in comparison.rows])
+            st.dataframe(frame, hide_index=True, column_config={
+                "a": st.column_config.NumberColumn(f"run {run_id}", format="%.4f"),
+                "b": st.column_config.NumberColumn(f"run {other}", format="%.4f"),
+                "difference": st.column_config.NumberColumn(f"{other} − {run_id}", format="%+.4f")})
+            (st.success if comparison.paired is not None else st.info)(comparison.reason)
+
+# ------------------------------------------------------------------------------------------- export
+with tabs[5]:
+    folder = default_report_dir(runs_dir, run_id, split)
+    if report is None:
+        st.info("Build the full report first (the Full report tab); the export holds all of it.")
+    else:
+        st.markdown(f"A self-contained HTML report (it opens offline), and the metrics as JSON and CSV, written to "
+                    f"`{folder}`" + (" with the costs entered above." if prices is not None else "."))
+        if st.button("Write the report files", type="primary", key="evaluate.export"):
+            written = ui.attempt("Writing the report", write_report, with_costs(report, prices) if prices else report,
+                                 folder)
+            if written is not None:
+                st.session_state[EXPORTED] = {"task": snap.task_id, "files": written.files}
+        exported = st.session_state.get(EXPORTED)
+        if exported and exported["task"] == snap.task_id:
+            cols = st.columns(3)
+            for col, (kind, path) in zip(cols, exported["files"].items()):
+                if os.path.exists(path):
+                    with open(path, "rb") as f:
+                        col.download_button(f"Download {os.path.basename(path)}", f.read(),
+                                            file_name=f"run-{run_id}-{os.path.basename(path)}",
+                                            mime={"html": "text/html", "json": "application/json",
+                                                  "csv": "text/csv"}[kind], key=f"evaluate.download.{kind}",
+                                            on_click="ignore")
+            st.caption(f"Written to {folder}.")

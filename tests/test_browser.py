@@ -1,6 +1,6 @@
 """End to end in a real browser: `streamlit run app.py` on a free port with a fresh workspace, driven by
 Playwright in headless Debian Chromium: load the demo data, keep the default model, train a short run at a
-tiny image size, watch the live chart update and the run finish, open the confusion matrix.
+tiny image size, watch the live chart update and the run finish, open the confusion matrix and click a cell.
 
 Screenshots of every page go to test-output/screenshots/; with UPDATE_DOC_SCREENSHOTS=1 the main ones are
 also written, palette-compressed, to docs/screenshots/ for the README (made with E2E_SIZE=64 E2E_EPOCHS=3).
@@ -179,6 +179,18 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
             expect(page.get_by_text("Confusion matrix").first).to_be_attached()
             expect(page.get_by_text("Misclassified images")).to_be_visible()
             shot(page, "evaluate", doc=True)
+            # a click on a cell of the matrix (true 0, predicted 0: top left) shows the images behind it
+            shown = page.get_by_text(re.compile(r"^(\d+ images? of 0|No image of 0) classified correctly")).first
+            for attempt in range(3):  # a click while the page is still rerunning can be lost: click again
+                cells = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first.bounding_box()
+                page.mouse.click(cells["x"] + cells["width"] / 20, cells["y"] + cells["height"] / 20)
+                try:
+                    expect(shown).to_be_visible(timeout=15_000)
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
+            shot(page, "evaluate-cell")
 
             go(page, "Runs", "5 ·")
             expect(page.get_by_text("Compare").first).to_be_visible()

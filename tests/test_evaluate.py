@@ -74,3 +74,73 @@ def test_summary_adds_top_k_calibration_intervals_and_error_analysis():
     assert losses == sorted(losses, reverse=True)
     assert losses[0] == pytest.approx((-np.log(probs[np.arange(n), y_true])).max(), rel=1e-6)
     assert ev.n_images == n
+
+
+def _fixed_predictions(n: int = 120, c: int = 4, seed: int = 2, paths: tuple[str, ...] | None = None) -> Predictions:
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), y_true] += 1.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return Predictions(tuple("wxyz"[:c]), paths or tuple(f"img{i}.png" for i in range(n)), y_true, probs)
+
+
+def test_the_images_behind_each_confusion_cell_add_up_to_its_count():
+    from core.evaluate import cell_images
+
+    pred = _fixed_predictions()
+    ev = summarize(pred)
+    for t in range(4):
+        for p in range(4):
+            images = cell_images(ev, t, p)
+            assert len(images) == ev.confusion[t][p], (t, p)
+            index = {path: i for i, path in enumerate(pred.paths)}
+            for m in images:
+                i = index[m["path"]]
+                assert pred.y_true[i] == t and pred.probs[i].argmax() == p
+                assert m["confidence"] == pytest.approx(pred.probs[i].max())
+            confidences = [m["confidence"] for m in images]
+            assert confidences == sorted(confidences, reverse=True)
+    # by name as well as by index; the off-diagonal cells together are the misclassified images
+    assert cell_images(ev, "x", "y") == cell_images(ev, 1, 2)
+    wrong = {m["path"] for t in range(4) for p in range(4) if t != p for m in cell_images(ev, t, p)}
+    assert wrong == {m["path"] for m in ev.misclassified}
+    with pytest.raises(EvaluationError, match="unknown class 'cow'.*w, x, y, z"):
+        cell_images(ev, "cow", 0)
+    with pytest.raises(EvaluationError, match="unknown class 4"):
+        cell_images(ev, 0, 4)
+
+
+def test_two_runs_on_the_same_images_get_a_paired_test_whatever_their_order():
+    from core.evaluate import compare_evaluations
+    from core.stats import mcnemar
+
+    a_pred = _fixed_predictions(seed=3)
+    b_pred = _fixed_predictions(seed=4)
+    b_pred = Predictions(b_pred.classes, a_pred.paths, a_pred.y_true, b_pred.probs)  # same images and labels
+    a = summarize(a_pred, "run-a")
+    order = np.random.default_rng(0).permutation(len(a_pred.paths))  # run b predicted them in another order
+    b = summarize(Predictions(b_pred.classes, tuple(np.asarray(b_pred.paths)[order]), b_pred.y_true[order],
+                              b_pred.probs[order]), "run-b")
+    comparison = compare_evaluations(a, b)
+    expected = mcnemar(a_pred.y_true, a_pred.y_pred, b_pred.y_pred, "run-a", "run-b")
+    assert comparison.paired == expected and comparison.n_common == len(order)
+    assert f"p = {expected.p_value:.3g}" in comparison.reason
+    rows = {r["metric"]: r for r in comparison.rows}
+    assert rows["accuracy"]["a"] == a.metrics["accuracy"] and rows["accuracy"]["b"] == b.metrics["accuracy"]
+    assert rows["log_loss"]["difference"] == pytest.approx(b.metrics["log_loss"] - a.metrics["log_loss"])
+
+
+def test_runs_on_different_images_or_classes_are_compared_without_a_paired_test():
+    from core.evaluate import compare_evaluations
+
+    a = summarize(_fixed_predictions(seed=5), "run-a")
+    other_images = _fixed_predictions(seed=6, paths=tuple(f"other{i}.png" for i in range(100)) +
+                                      tuple(f"img{i}.png" for i in range(20)))
+    comparison = compare_evaluations(a, summarize(other_images, "run-b"))
+    assert comparison.paired is None and comparison.n_common == 20
+    assert "different images (120 and 120, 20 in common)" in comparison.reason
+    assert len(comparison.rows) >= 4, "the metrics are still shown side by side"
+    three = _fixed_predictions(seed=5, c=3)
+    comparison = compare_evaluations(a, summarize(three, "run-c"))
+    assert comparison.paired is None and "different classes" in comparison.reason

@@ -30,3 +30,17 @@ def test_cost_parsing_and_unknown_classes():
         parse_class_costs("cat=lots")
     with pytest.raises(CostError, match="unknown class"):
         CostModel(false_positive_cost={"cow": 1.0}).matrix(("cat", "dog"))
+
+
+def test_a_cost_model_from_typed_text_refuses_negative_or_unknown_values():
+    from core.impact import cost_model
+
+    m = cost_model(500, 1.0, "2,defect=5", "defect=100", " EUR ")
+    assert m == CostModel(500.0, 1.0, {"defect": 5.0}, {"defect": 100.0}, 2.0, 0.0, "EUR")
+    assert m.matrix(("ok", "defect")).tolist() == [[0.0, 1.0 + 5.0], [1.0 + 100.0 + 2.0, 0.0]]
+    with pytest.raises(CostError, match="monthly volume"):
+        cost_model(-1)
+    with pytest.raises(CostError, match="false-negative cost of defect"):
+        cost_model(10, 0, "", "defect=-3")
+    with pytest.raises(CostError, match="not a number"):
+        cost_model(10, 0, "lots")

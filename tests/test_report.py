@@ -8,7 +8,7 @@ import pytest
 from core.config import AugmentSpec, TrainConfig
 from core.evaluate import evaluate_run, main as evaluate_main
 from core.impact import CostModel
-from core.report import EvaluationOptions, build_report, jsonable, write_report
+from core.report import EvaluationOptions, build_report, jsonable, progress_steps, with_costs, write_report
 from core.runs import run_inputs, start_run
 from core.store import RunStore
 
@@ -55,6 +55,12 @@ def test_the_report_sets_the_model_beside_its_baselines_on_the_same_images(finis
     # costs: error rate x volume x error cost, for every model
     assert len(report.costs) == 5
     assert report.costs[0].cost_per_month == pytest.approx((1 - ft.metrics["accuracy"]) * 1000 * 2.0)
+    # other costs are priced from the predictions the report keeps, for every model, without running one again
+    assert set(report.predictions) == {m.name for m in report.models}
+    assert with_costs(with_costs(report, None), costs).costs == report.costs
+    dearer = with_costs(report, CostModel(monthly_volume=3000, error_cost=2.0))
+    assert [c.cost_per_month for c in dearer.costs] == pytest.approx([3 * c.cost_per_month for c in report.costs])
+    assert dearer.options.costs.monthly_volume == 3000 and dearer.evaluation is report.evaluation
     d = report.deployment
     assert d.parameters > 3_000_000 and d.file_size_mb > 1 and d.latency.latency_ms_batch1 > 0
     json.dumps(jsonable(report.to_dict()))
@@ -91,8 +97,10 @@ class _Tables(HTMLParser):
 
 def test_html_report_is_self_contained_and_holds_the_confusion_matrix(finished_run, tmp_path):
     runs, summary = finished_run
-    report = build_report(runs, summary["run_id"], EvaluationOptions(device="cpu", baselines=False,
-                                                                     corruptions=("brightness",), latency=False))
+    options = EvaluationOptions(device="cpu", baselines=False, corruptions=("brightness",), latency=False)
+    said = []
+    report = build_report(runs, summary["run_id"], options, progress=said.append)
+    assert len(said) == progress_steps(options), said
     report = write_report(report, str(tmp_path))
     text = open(report.files["html"], encoding="utf-8").read()
     parser = _Tables()
@@ -121,7 +129,45 @@ def test_evaluate_cli_prints_json_last_and_refuses_bad_input(finished_run, tmp_p
     assert out["run_id"] == run_id and out["evaluation"]["metrics"]["accuracy"] > 0.1
     assert out["robustness"] is None and out["costs"][0]["model"] == "fine-tuned"
     assert (tmp_path / "report.html").exists() and out["files"]["csv"].endswith("metrics.csv")
+    # per-image predictions grow with the test set: in metrics.json, not on the printed line
+    assert "y_pred" not in out["evaluation"] and out["evaluation"]["per_image"] == "in metrics.json"
+    exported = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(exported["evaluation"]["y_pred"]) == out["evaluation"]["n_images"]
     assert evaluate_main(["no-such-run", "--runs-dir", runs]) == 2
     assert evaluate_main([run_id, "--runs-dir", runs, "--corruptions", "fog"]) == 2
     assert "fog" in capsys.readouterr().err
     assert evaluate_main([]) == 2
+
+
+def test_a_failed_export_leaves_no_file_behind(finished_run, tmp_path, monkeypatch):
+    import core.report
+
+    runs, summary = finished_run
+    report = build_report(runs, summary["run_id"], EvaluationOptions(device="cpu", baselines=False, corruptions=(),
+                                                                     latency=False))
+    write_report(report, str(tmp_path / "old"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+
+    def broken(rows):
+        raise OSError("disk full")
+    monkeypatch.setattr(core.report, "metric_rows", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(report, str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(core.report, "_write_atomically", lambda path, text: (_ for _ in ()).throw(OSError("full")))
+    with pytest.raises(OSError):
+        write_report(report, str(tmp_path / "old"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before, "the old report is intact"
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(split="training"), "split must be one of train, val, test"),
+    (dict(corruptions=("fog",)), "unknown corruption.*fog.*gaussian_noise"),
+    (dict(severities=(4,)), "severities must be among 1, 2, 3"),
+    (dict(severities=()), "pick at least one severity"),
+    (dict(latency_budget_s=0), "latency_budget_s must be above 0"),
+])
+def test_options_that_cannot_work_are_refused_before_anything_runs(options, message):
+    with pytest.raises(ValueError, match=message):
+        EvaluationOptions(**options)
+    assert EvaluationOptions(corruptions=(), severities=()).severities == ()

@@ -1,0 +1,65 @@
+"""The evaluation figures: what they draw is what the results hold, and a click on the confusion matrix can be
+read back as the cell that was clicked."""
+import numpy as np
+import pytest
+
+from core import figures
+from core.evaluate import Predictions, summarize
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 90)
+    logits = rng.normal(size=(90, 3))
+    logits[np.arange(90), y_true] += 1.2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return summarize(Predictions(("cat", "dog", "cow"), tuple(f"{i}.png" for i in range(90)), y_true, probs))
+
+
+def test_the_confusion_matrix_draws_each_cell_with_its_count_and_a_clickable_marker(evaluation):
+    fig = figures.confusion_figure(evaluation)
+    heatmap, cells = fig.data
+    assert heatmap.type == "heatmap" and heatmap.hoverinfo == "skip"
+    assert np.allclose(np.array(heatmap.z), np.array(evaluation.confusion_normalized))
+    assert len(cells.x) == 9
+    for x, y, text, data in zip(cells.x, cells.y, cells.text, cells.customdata):
+        t, p = data[0], data[1]
+        # the marker sits on its cell (row = true class, column = predicted) and says the cell's count
+        assert (y, x) == (evaluation.classes[t], evaluation.classes[p])
+        assert text == str(evaluation.confusion[t][p]) and data[2] == evaluation.confusion[t][p]
+    counts = figures.confusion_figure(evaluation, normalized=False).data[0]
+    assert np.array_equal(np.array(counts.z), np.array(evaluation.confusion))
+    assert not fig.layout.shapes
+    (outline,) = figures.confusion_figure(evaluation, selected=(2, 0)).layout.shapes
+    assert (outline.x0, outline.x1, outline.y0, outline.y1) == (-0.5, 0.5, 1.5, 2.5)
+
+
+def test_a_selected_point_reads_back_as_its_cell(evaluation):
+    fig = figures.confusion_figure(evaluation)
+    # what st.plotly_chart(on_select=...) returned in Chromium for a click on the cell (true dog, predicted cow)
+    i = next(k for k, d in enumerate(fig.data[1].customdata) if tuple(d[:2]) == (1, 2))
+    point = {"curve_number": 1, "point_number": i, "point_index": i, "x": "cow", "y": "dog",
+             "customdata": list(fig.data[1].customdata[i]), "text": fig.data[1].text[i]}
+    assert figures.confusion_cell(point) == (1, 2)
+    assert figures.confusion_cell({"x": "cow", "y": "dog"}) is None  # a point of another chart
+    assert figures.confusion_cell({"customdata": ["a", "b"]}) is None
+
+
+def test_reliability_and_per_class_figures_hold_the_evaluation(evaluation):
+    bins = [b for b in evaluation.calibration.bins if b["count"]]
+    bars = figures.reliability_figure(evaluation).data[1]
+    assert list(bars.y) == pytest.approx([b["accuracy"] for b in bins])
+    per_class = figures.per_class_figure(evaluation)
+    assert [t.name for t in per_class.data] == ["precision", "recall", "f1"]
+    assert list(per_class.data[1].y) == pytest.approx([r["recall"] for r in evaluation.per_class])
+
+
+def test_costs_figure_shows_each_models_cost_with_its_interval():
+    from core.impact import CostModel, error_costs
+
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    costs = error_costs(y, {"a": y, "b": 1 - y}, ("ok", "defect"), CostModel(monthly_volume=100, error_cost=3))
+    bar = figures.costs_figure(costs, "EUR").data[0]
+    assert list(bar.x) == ["a", "b"] and list(bar.y) == pytest.approx([0.0, 300.0])
+    assert "EUR" in figures.costs_figure(costs, "EUR").layout.title.text
