@@ -77,8 +77,8 @@ class TaskManager:
             except USER_ERRORS as exc:
                 if isinstance(exc, BUGS):
                     return self._bug(task_id, exc)
-                self._update(task_id, lambda s: replace(s, status="failed", error=str(exc),
-                                                        error_traceback=traceback.format_exc(),
+                message, trace = str(exc), traceback.format_exc()
+                self._update(task_id, lambda s: replace(s, status="failed", error=message, error_traceback=trace,
                                                         finished=time.time()))
             except Exception as exc:
                 self._bug(task_id, exc)
