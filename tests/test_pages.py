@@ -95,6 +95,22 @@ def test_the_sidebar_shows_the_device_dataset_and_model(finished):
     assert "**Dataset:** digits_small" in text and "**Model:** efficientnet_lite0" in text
 
 
+def test_the_sidebar_lists_a_running_background_task(workspace):
+    import threading
+
+    release = threading.Event()
+    tasks = ui.job_manager().tasks
+    task_id = tasks.submit("bakeoff", "sidebar-test", "bake-off of 3 candidates on digits",
+                           lambda progress: (progress("extracting features"), release.wait(30)))
+    try:
+        text = sidebar_text(open_page())
+        assert "**Running:** bake-off of 3 candidates on digits" in text
+    finally:
+        release.set()
+        tasks.wait(task_id, 30)
+    assert "Running:" not in sidebar_text(open_page())
+
+
 @pytest.mark.parametrize("page", list(ui.PAGES))
 def test_every_page_renders_with_a_finished_run(finished, page):
     _, run = finished
