@@ -129,8 +129,8 @@ def train_from_scratch(config, num_classes: int, pre: PreprocessSpec, train_imag
     """The run's architecture from random weights, trained with the run's budget; the best-val-loss weights.
 
     Same epochs (including progressive-unfreezing stages), batch size, augmentation, loss, optimiser,
-    learning rate and schedule as the run's `config` (a TrainConfig), and the same early stopping on
-    validation loss; all layers train at `lr` (discriminative rates and frozen layers only make sense
+    learning rate and schedule as the run's `config` (a TrainConfig), and early stopping on validation
+    loss (every epoch here shares one objective, so the loss compares them fairly); all layers train at `lr` (discriminative rates and frozen layers only make sense
     for pretrained weights) and BatchNorm learns its statistics.
     """
     from .augment import augment_batch

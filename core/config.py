@@ -13,6 +13,7 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "plateau", "constant")
 LOSSES = ("cross_entropy", "weighted_cross_entropy", "focal")
+MONITORS = ("val_macro_f1", "val_accuracy", "val_loss")
 HEAD_INITS = ("linear_probe", "random")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -80,7 +81,11 @@ class TrainConfig:
     focal_gamma: float = 2.0
     epochs: int = 10
     batch_size: int = 32
-    early_stopping_patience: int = 4  # epochs without a better val loss; 0 turns it off
+    # what "better" means for the best checkpoint, early stopping and unfreezing stages; ties go to the lower
+    # val loss. Not the val loss itself by default: label smoothing raises a fine-tuned model's loss (its
+    # softmax is kept soft) above the probe's at equal or better accuracy.
+    monitor: str = "val_macro_f1"
+    early_stopping_patience: int = 4  # epochs without a better monitored value; 0 turns it off
     val_every_batches: int = 0  # also validate every N batches (0: once per epoch)
     unfreeze_stages: int = 0  # progressive unfreezing: stages after the first, each unfreezing a share
     stage_epochs: int = 2  # epochs per unfreezing stage
@@ -167,6 +172,7 @@ class TrainConfig:
             ("amp", self.amp, AMP_MODES),
             ("compile", self.compile, COMPILE_MODES),
             ("bn_stats", self.bn_stats, BN_STATS),
+            ("monitor", self.monitor, MONITORS),
         ):
             if value not in choices:
                 raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")

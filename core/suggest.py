@@ -15,7 +15,10 @@ from .config import TrainConfig
 
 DOMAIN_GAP = 0.15  # largest per-channel mean difference from the model's normalisation (the audit's)
 CPU_MIN_SIZE = 64  # pretrained features degrade fast below this
-QUICK_CPU = {"image_size": 64, "epochs": 2}  # a first run of the demo data in about a minute on a laptop CPU
+# a first run in about a minute on a laptop CPU: the demo at 64 px, 5 epochs took 38 s on this 2-core machine
+# (`python -m core train demo --set image_size=64 epochs=5 augment.hflip=false`) and beat its linear probe on
+# validation (macro-F1 0.948 vs 0.922); 2 epochs did not (0.915)
+QUICK_CPU = {"image_size": 64, "epochs": 5}
 QUICK_GPU = {"epochs": 5}
 
 
@@ -51,6 +54,12 @@ def suggest_settings(report: AuditReport, device: str = "cpu", native_input_size
     return Suggestion(changes, tuple(reasons))
 
 
-def quick_start(device: str = "cpu") -> dict[str, Any]:
-    """Settings for a first run that finishes in a minute or two (small images on a CPU, few epochs)."""
-    return dict(QUICK_CPU if device == "cpu" else QUICK_GPU)
+def quick_start(device: str = "cpu", demo: bool = False) -> dict[str, Any]:
+    """Settings for a first run that finishes in a minute or two (small images on a CPU, few epochs).
+
+    `demo`: for the bundled digits, whose mirror images are other symbols, so no horizontal flips.
+    """
+    settings = dict(QUICK_CPU if device == "cpu" else QUICK_GPU)
+    if demo:
+        settings["augment"] = {"hflip": False}
+    return settings

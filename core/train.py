@@ -86,13 +86,32 @@ class LoopState:
     step: int = 0  # optimizer steps taken
     stage: int = 0
     epoch_in_stage: int = 0
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # of the best checkpoint
     best_epoch: int = -1
-    stage_start_loss: float = math.inf
-    bad_epochs: int = 0  # fine-tuning epochs since validation last improved on `patience_best`
-    patience_best: float = math.inf
+    best_score: list[float] = field(default_factory=list)  # monitor_score of the best checkpoint; [] = none yet
+    stage_start_score: list[float] = field(default_factory=list)
+    bad_epochs: int = 0  # fine-tuning epochs since validation last improved on `patience_score`
+    patience_score: list[float] = field(default_factory=list)
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def monitor_score(metrics: dict[str, float], monitor: str) -> list[float]:
+    """Higher is better: the monitored metric, then the negated val loss to break ties."""
+    loss = metrics["val_loss"]
+    return [-loss] if monitor == "val_loss" else [metrics[monitor], -loss]
+
+
+def better(score: list[float], than: list[float], tol: float = 1e-6) -> bool:
+    """Whether `score` beats `than` (compared in order; differences within `tol` are ties)."""
+    if not than:
+        return True
+    for a, b in zip(score, than):
+        if a > b + tol:
+            return True
+        if a < b - tol:
+            return False
+    return False
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -217,18 +236,18 @@ class Trainer:
 
     def _next_stage(self, state: LoopState) -> bool:
         """Close the current stage: revert it if validation got worse, else unfreeze the next share."""
-        if state.stage > 0 and not state.best_val_loss < state.stage_start_loss:
+        if state.stage > 0 and not better(state.best_score, state.stage_start_score):
             self._load_weights(self.stage_path)
             self.model.freeze_groups(self.stage_counts[state.stage - 1])
             self.emit(StageChanged(self.run_id, state.stage, self.stage_counts[state.stage - 1], True,
-                                   f"stage {state.stage} did not improve validation loss; reverted to its start"))
+                                   f"stage {state.stage} did not improve {self.config.monitor}; reverted to its start"))
             return False
         if state.stage + 1 >= len(self.stage_counts):
             return False
         if os.path.exists(self.best_path):  # each stage starts from the best weights so far
             self._load_weights(self.best_path)
         state.stage, state.epoch_in_stage, state.bad_epochs = state.stage + 1, 0, 0
-        state.stage_start_loss = state.best_val_loss
+        state.stage_start_score = state.best_score
         self._start_stage(state.stage)
         self.emit(StageChanged(self.run_id, state.stage, self.stage_counts[state.stage], False,
                                f"stage {state.stage}: {len(self.model.groups) - self.stage_counts[state.stage]} of "
@@ -293,22 +312,23 @@ class Trainer:
         return True
 
     def _close_epoch(self, state: LoopState, metrics: dict[str, float], started: float, count: bool = True) -> None:
-        """Decide on the validation loss, checkpoint (best when it improved, full state always), report."""
+        """Decide on the monitored metric, checkpoint (best when it improved, full state always), report."""
         val_loss = metrics["val_loss"]
         if not math.isfinite(val_loss):
             raise TrainingFailed(f"the validation loss became {val_loss} at epoch {state.epoch}; the weights "
                                  "diverged. The best checkpoint was kept. Lower the learning rate.")
         metrics["stage"] = state.stage
-        improved = val_loss < state.best_val_loss - 1e-6
+        score = monitor_score(metrics, self.config.monitor)
+        improved = better(score, state.best_score)
         if count:  # early stopping's patience counts fine-tuning epochs only, never against the baseline
             state.epoch += 1
             state.epoch_in_stage += 1
-            if val_loss < state.patience_best - 1e-6:
-                state.patience_best, state.bad_epochs = val_loss, 0
+            if better(score, state.patience_score):
+                state.patience_score, state.bad_epochs = score, 0
             else:
                 state.bad_epochs += 1
         if improved:
-            state.best_val_loss, state.best_epoch = val_loss, state.epoch
+            state.best_val_loss, state.best_epoch, state.best_score = val_loss, state.epoch, score
             save_model(self.model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
         self._save_state(state)
         metrics["epoch_seconds"] = time.time() - started
@@ -363,7 +383,8 @@ class Trainer:
         })
 
     def _restore(self, saved: dict[str, Any]) -> LoopState:
-        state = LoopState(**saved["loop"])
+        known = LoopState.__dataclass_fields__  # a state saved by an older version may lack or add fields
+        state = LoopState(**{k: v for k, v in saved["loop"].items() if k in known})
         if state.stage:
             self._start_stage(state.stage, restoring=True)
         self.model.load_state_dict(saved["model"])

@@ -2,7 +2,8 @@
 time and memory a run will take. The widgets build one TrainConfig; it is validated before anything uses it."""
 import streamlit as st
 
-from core.config import AMP_MODES, BN_STATS, COMPILE_MODES, DEVICES, HEAD_INITS, LOSSES, OPTIMIZERS, SCHEDULES
+from core.config import AMP_MODES, BN_STATS, COMPILE_MODES, DEVICES, HEAD_INITS, LOSSES, MONITORS, OPTIMIZERS, \
+    SCHEDULES
 from core.config import ConfigError, TrainConfig
 from core.estimate import default_device, format_bytes, format_seconds, preprocess_for
 from core.suggest import Suggestion, quick_start, suggest_settings
@@ -105,6 +106,12 @@ with st.expander("Augmentation"):
     preview_slot = st.container()
 with st.expander("Stopping, validation and split"):
     c1, c2 = st.columns(2)
+    c1.selectbox("Best epoch by", MONITORS, key="cfg.monitor",
+                 format_func={"val_macro_f1": "validation macro-F1", "val_accuracy": "validation accuracy",
+                              "val_loss": "validation loss"}.get,
+                 help="What the saved model, early stopping and unfreezing stages compare; ties go to the lower "
+                      "loss. Macro-F1 weighs every class equally (rare defect classes count). The loss is "
+                      "smoother but label smoothing raises it at equal accuracy, favouring the baseline.")
     c1.number_input("Early-stopping patience (epochs, 0 = off)", 0, 1000, key="cfg.early_stopping_patience")
     c1.number_input("Also validate every N batches (0 = once per epoch)", 0, 10**9, key="cfg.val_every_batches",
                     help="More points on the live validation curves, at the cost of validation time.")

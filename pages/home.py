@@ -39,7 +39,7 @@ st.subheader("In a hurry?")
 st.write("Train a small model on the bundled demo data (handwritten digits, 10 classes) right now, with "
          "settings that finish in a minute or two on this machine. You can look at every page afterwards.")
 if st.button("Train a demo model now", type="primary", disabled=bool(active)):
-    config = TrainConfig(**quick_start(default_device())).replace(model=ui.current_model())
+    config = TrainConfig.from_dict(quick_start(default_device(), demo=True)).replace(model=ui.current_model())
     run_id = ui.attempt("Starting the demo run", lambda: manager.start(config.validate(), "demo"))
     if run_id:
         st.session_state[ui.RUN] = run_id

@@ -110,7 +110,8 @@ def status_view() -> None:
         st.success(f"Finished in {format_seconds(snap.summary.get('seconds'))} on {snap.summary.get('device')}. "
                    "The best epoch's model is saved.")
         if snap.summary.get("best_epoch") == 0:
-            st.info("Fine-tuning did not beat the linear-probe baseline on validation loss within these epochs, so "
+            st.info("Fine-tuning did not beat the linear-probe baseline on the monitored validation metric within "
+                    "these epochs, so "
                     "the baseline (epoch 0) is the saved model. Train for more epochs, or freeze more layers / "
                     "lower the learning rate on the Configure page.")
         st.page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
@@ -137,8 +138,9 @@ def charts_view() -> None:
             st.plotly_chart(charts.curves_figure(curves.lrs, "Learning rate per parameter group", "lr",
                                                  curves.x_label, log_y=True), key="lrs")
         st.caption("Epoch 0 is the baseline: the frozen pretrained model with a fitted linear head (the linear "
-                   "probe). Fine-tuning then trains its own head and layers; the best epoch on validation loss is "
-                   "kept, so a run never ends worse than its baseline.")
+                   "probe). Fine-tuning then trains its own head and layers; the best epoch on the monitored "
+                   "validation metric (macro-F1 unless set otherwise) is kept, so a run never ends worse than "
+                   "its baseline.")
 
 
 status_view()

@@ -29,8 +29,10 @@ def test_imbalanced_classes_get_focal_loss(report):
 
 
 def test_a_quick_start_is_short():
-    assert quick_start("cpu") == {"image_size": 64, "epochs": 2}
+    assert quick_start("cpu") == {"image_size": 64, "epochs": 5}
     assert TrainConfig(**quick_start("cuda")).validate().epochs == 5
+    demo = TrainConfig.from_dict(quick_start("cpu", demo=True)).validate()
+    assert not demo.augment.hflip and demo.augment.scale_min == TrainConfig().augment.scale_min
 
 
 def test_restrictive_licenses_are_flagged():

@@ -49,10 +49,43 @@ def _script_val_losses(monkeypatch, losses):
 def test_early_stopping_stops_when_validation_stops_improving(small_digits_dir, tiny_config, tmp_path,
                                                              monkeypatch):
     _script_val_losses(monkeypatch, [1.0, 0.95, 0.9, 0.93, 0.92, 0.8, 0.7])  # from epoch 0
-    config = tiny_config.replace(epochs=8, early_stopping_patience=2)
+    config = tiny_config.replace(epochs=8, early_stopping_patience=2, monitor="val_loss")
     summary = start_run(config, small_digits_dir, str(tmp_path))
     assert summary["status"] == "early_stopped"
     assert summary["epochs_run"] == 4 and summary["best_epoch"] == 2
+
+
+def test_the_best_checkpoint_follows_the_monitored_metric_not_the_smoothed_loss(small_digits_dir, tiny_config,
+                                                                                 tmp_path, monkeypatch):
+    # label smoothing keeps a fine-tuned model's val loss above the probe's even when it classifies better:
+    # epoch 0 (the probe) has the lowest loss, epochs 1-2 a better macro-F1; epoch 3 ties epoch 2's F1 at a
+    # lower loss (a tie goes to the lower loss)
+    scripted = iter([(0.30, 0.90), (0.40, 0.93), (0.38, 0.95), (0.35, 0.95)])
+    original = core.train.Trainer._validate
+
+    def validate(self):
+        metrics = original(self)
+        loss, f1 = next(scripted, (metrics["val_loss"], metrics["val_macro_f1"]))
+        return {**metrics, "val_loss": loss, "val_macro_f1": f1}
+
+    monkeypatch.setattr(core.train.Trainer, "_validate", validate)
+    summary = start_run(tiny_config.replace(epochs=3), small_digits_dir, str(tmp_path))
+    assert summary["best_epoch"] == 3
+    monkeypatch.setattr(core.train.Trainer, "_validate", validate)
+    scripted = iter([(0.30, 0.90), (0.40, 0.93), (0.38, 0.95), (0.35, 0.95)])
+    assert start_run(tiny_config.replace(epochs=3, monitor="val_loss"), small_digits_dir,
+                     str(tmp_path))["best_epoch"] == 0
+
+
+def test_monitor_scores_compare_the_metric_first_and_the_loss_on_ties():
+    from core.train import better, monitor_score
+
+    a = monitor_score({"val_loss": 0.5, "val_accuracy": 0.9}, "val_accuracy")
+    assert better(a, []) and not better(a, a)
+    assert better(monitor_score({"val_loss": 0.9, "val_accuracy": 0.91}, "val_accuracy"), a)
+    assert better(monitor_score({"val_loss": 0.4, "val_accuracy": 0.9}, "val_accuracy"), a)
+    assert not better(monitor_score({"val_loss": 0.1, "val_accuracy": 0.89}, "val_accuracy"), a)
+    assert better(monitor_score({"val_loss": 0.4}, "val_loss"), monitor_score({"val_loss": 0.5}, "val_loss"))
 
 
 class _NaNAfter(torch.nn.Module):
@@ -99,7 +132,7 @@ def test_stage_plan_unfreezes_equal_shares():
 def test_progressive_unfreezing_runs_stages_and_reverts_a_stage_that_hurts(small_digits_dir, tiny_config,
                                                                          tmp_path, monkeypatch):
     events = []
-    config = tiny_config.replace(epochs=1, unfreeze_stages=3, stage_epochs=1)
+    config = tiny_config.replace(epochs=1, unfreeze_stages=3, stage_epochs=1, monitor="val_loss")
     # start 1.2, stage 0 ends at 1.0, stage 1 improves to 0.8, stage 2 gets worse (0.9): reverted, and
     # stage 3 never runs
     _script_val_losses(monkeypatch, [1.2, 1.0, 0.8, 0.9])
