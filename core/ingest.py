@@ -1011,7 +1011,33 @@ def _ingest_folder(path: str, name: str, staging: Path, datasets: Path, limits: 
                    workers: int, move: bool) -> Dataset:
     cands, skipped, layout = _scan_folder(path)
     _check_folder_budget(cands, limits, name)
-    return _build(cands, skipped, layout, name, staging, datasets, limits, move, workers)
+    signature = None if move else _folder_signature(path, name, cands, limits)
+    index = datasets / ".index" / f"folder-{signature[:32]}.json" if signature else None
+    if index is not None and index.is_file():  # the same files as last time: no need to read them again
+        with suppress(OSError, ValueError, KeyError):
+            stored = datasets / json.loads(index.read_text(encoding="utf-8"))["dataset_id"]
+            if (stored / DATASET_FILE).is_file():
+                return load_dataset_dir(stored)
+    dataset = _build(cands, skipped, layout, name, staging, datasets, limits, move, workers)
+    if index is not None:
+        index.parent.mkdir(exist_ok=True)
+        _atomic_write_json(index, {"dataset_id": dataset.dataset_id, "source": name})
+    return dataset
+
+
+def _folder_signature(path: str, name: str, cands: list[_Candidate], limits: IngestLimits) -> str | None:
+    """What a folder ingest depends on: the folder, the name, the limits, and every candidate's path, label,
+    split, size and modification time (as make and git's index trust them). None when a file cannot be
+    stat'ed: then the folder is read in full and the read decides."""
+    h = hashlib.sha256(json.dumps([os.path.realpath(path), name, limits.to_dict()]).encode())
+    for c in sorted(cands, key=lambda c: c.rel):
+        try:
+            st = os.lstat(c.src)
+        except OSError:
+            return None
+        h.update(f"{c.rel}\0{c.label}\0{c.split}\0{c.group}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                 .encode())
+    return h.hexdigest()
 
 
 def _finish_csv(cands, skipped, name, staging, datasets, limits, workers) -> Dataset:

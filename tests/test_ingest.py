@@ -124,6 +124,22 @@ def test_tar_gz_with_splits_and_upload_of_same_bytes(tmp_path):
     assert ingest(src, tmp_path / "ws").dataset_id == ds.dataset_id
 
 
+def test_reingesting_an_unchanged_folder_reads_no_image_and_a_changed_one_is_read_again(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_tree(src, {"cat": 2, "dog": 2})
+    first = ingest(src, tmp_path / "ws")
+    reads = []
+    original = ingest_mod._process_file
+    monkeypatch.setattr(ingest_mod, "_process_file", lambda task: reads.append(task[2]) or original(task))
+    assert ingest(src, tmp_path / "ws") == first and reads == []  # stat'ed only
+    changed = next((src / "cat").iterdir())
+    changed.write_bytes(png_bytes(99))
+    os.utime(changed, ns=(1, 1))  # a new mtime even on a coarse clock
+    second = ingest(src, tmp_path / "ws")
+    assert len(reads) == 4 and second.dataset_id != first.dataset_id  # the whole folder was read again
+    assert ingest(src, tmp_path / "ws", limits=IngestLimits(max_members=10)) == second and len(reads) == 8
+
+
 def test_reingesting_the_same_zip_reuses_the_dataset_without_extracting(tmp_path, monkeypatch):
     archive = tmp_path / "d.zip"
     with zipfile.ZipFile(archive, "w") as zf:
