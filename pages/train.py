@@ -4,7 +4,7 @@ job, and nothing here restarts it."""
 import streamlit as st
 
 from core.curves import snapshot_curves
-from core.estimate import format_bytes, format_seconds
+from core.estimate import default_device, format_bytes, format_seconds
 from pages import charts, ui
 
 st.title("4 · Train")
@@ -63,8 +63,10 @@ polling = manager.is_active(run_id)
 run_config = (ui.attempt("Reading the run", manager.store.get_run, run_id) or {}).get("config", {})
 
 
-# seconds; the charts less often: building and drawing them takes CPU (and the GIL) from the training thread
-STATUS_EVERY, CHARTS_EVERY = 1.0, 3.0
+# seconds between redraws. Each redraw costs the server CPU: on a 2-core CPU, redrawing status every second
+# and charts every 3 s made training 2.4-2.6x slower (`python benchmarks/bench_watched.py`), so on a CPU the
+# page redraws less often; a GPU run leaves the CPU free for it.
+STATUS_EVERY, CHARTS_EVERY = (1.0, 3.0) if default_device() != "cpu" else (3.0, 15.0)
 
 
 @st.fragment(run_every=STATUS_EVERY if polling else None)

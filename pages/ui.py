@@ -217,16 +217,19 @@ def sidebar(container) -> None:
         st.markdown(f"**Dataset:** {dataset_name(workspace().root, dataset_id) if dataset_id else 'none yet'}")
         ckpt = current_checkpoint()
         st.markdown(f"**Model:** {current_model()}" + (f" (your weights: {ckpt['name']})" if ckpt else ""))
-        _jobs_panel()
+        manager = job_manager()
+        # polls only while something runs: every rerun costs the server CPU that training on it needs
+        (_polling_jobs_panel if manager.active_jobs() or manager.tasks.active() else _jobs_panel)()
 
 
-@st.fragment(run_every=2)
-def _jobs_panel() -> None:
+def _jobs_panel_view(polling: bool = False) -> None:
     from core.estimate import format_seconds
 
     manager = job_manager()
     jobs, tasks = manager.active_jobs(), manager.tasks.active()
     if not jobs and not tasks:
+        if polling:  # it just ended: redraw the page once (it then stops polling)
+            st.rerun(scope="app")
         st.caption("Nothing running.")
         return
     for snap in jobs:
@@ -237,3 +240,7 @@ def _jobs_panel() -> None:
     for task in tasks:  # bake-offs, evaluation reports
         st.markdown(f"**Running:** {task.label}")
         st.caption(f"{task.message} · {format_seconds(task.seconds)}")
+
+
+_jobs_panel = st.fragment(_jobs_panel_view)
+_polling_jobs_panel = st.fragment(run_every=2)(lambda: _jobs_panel_view(polling=True))
