@@ -3,6 +3,10 @@
 `<root>/datasets/` is core.ingest's content-addressed store, `<root>/runs/` the RunStore, and
 `<root>/checkpoints/` the users' own uploaded weights. The root comes from TRANSFER_STUDIO_WORKSPACE
 (tests point it at a temporary folder), else `./workspace`.
+
+On a shared server, TRANSFER_STUDIO_DATA_ROOTS (folders separated by the OS path separator, ":" on Linux)
+limits which server paths the dashboard may read data from; unset, any path the server can read is
+allowed (a dashboard on one's own machine).
 """
 from __future__ import annotations
 
@@ -11,16 +15,36 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 ENV_VAR = "TRANSFER_STUDIO_WORKSPACE"
+DATA_ROOTS_VAR = "TRANSFER_STUDIO_DATA_ROOTS"
 DEFAULT_ROOT = "workspace"
+
+
+class PathNotAllowed(PermissionError):
+    """A server path outside the folders this server lets the dashboard read."""
 
 
 @dataclass(frozen=True)
 class Workspace:
     root: str  # absolute
+    data_roots: tuple[str, ...] | None = None  # real paths data may be read from on the server; None: any
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Workspace:
-        return cls(os.path.abspath(environ.get(ENV_VAR) or DEFAULT_ROOT))
+        roots = environ.get(DATA_ROOTS_VAR)
+        allowed = None if roots is None else tuple(os.path.realpath(os.path.expanduser(r))
+                                                   for r in roots.split(os.pathsep) if r.strip())
+        return cls(os.path.abspath(environ.get(ENV_VAR) or DEFAULT_ROOT), allowed)
+
+    def server_path(self, path: str) -> str:
+        """`path` (a folder, archive or CSV on the server) as a real path, if this server allows reading it."""
+        real = os.path.realpath(os.path.expanduser(path.strip()))
+        if self.data_roots is None:
+            return real
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.data_roots):
+            where = ", ".join(self.data_roots) or "none: server paths are turned off"
+            raise PathNotAllowed(f"{path} is outside the folders this server reads data from ({where}; set by "
+                                 f"{DATA_ROOTS_VAR}). Upload an archive instead, or ask the administrator.")
+        return real
 
     @property
     def runs_dir(self) -> str:

@@ -44,9 +44,13 @@ with csv_tab:
         loaded = ui.attempt(f"Ingesting {csv_file.name}", ingest_csv_upload, csv_file, csv_file.name,
                             [(f.name, f) for f in images], root)
 with folder:
+    workspace = ui.workspace()
+    if workspace.data_roots is not None:
+        st.caption("This server reads data only from: " + (", ".join(f"`{r}`" for r in workspace.data_roots)
+                                                            or "nowhere (server paths are turned off)") + ".")
     path = st.text_input("Path on the server", placeholder="/data/my-images (a folder, .zip, .tar.gz or .csv)")
     if st.button("Ingest from the server", disabled=not path.strip()):
-        loaded = ui.attempt(f"Ingesting {path}", resolve_dataset, os.path.expanduser(path.strip()), root)
+        loaded = ui.attempt(f"Ingesting {path}", lambda: resolve_dataset(workspace.server_path(path), root))
 with stored:
     names = dataset_names(root)
     if names:

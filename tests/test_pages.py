@@ -236,3 +236,21 @@ def test_runs_page_overlays_and_compares_the_selected_runs(finished):
     assert at.multiselect[0].value == [run["id"]]
     assert len(at.get("plotly_chart")) == 2  # validation loss and accuracy overlays
     assert not any(b.label.startswith("Resume") for b in at.button), "a completed run is not resumable"
+
+
+def test_a_server_path_outside_the_allowed_data_roots_is_refused(workspace, small_digits_dir, tmp_path, monkeypatch):
+    from core.workspace import DATA_ROOTS_VAR
+
+    monkeypatch.setenv(DATA_ROOTS_VAR, str(tmp_path / "allowed"))
+    at = open_page("pages/dataset.py")
+    field = next(t for t in at.text_input if t.label == "Path on the server")
+    field.input(small_digits_dir).run()
+    next(b for b in at.button if b.label == "Ingest from the server").click().run()
+    assert any(DATA_ROOTS_VAR in e.value for e in at.error), [e.value for e in at.error]
+    assert ui.DATASET not in at.session_state
+    monkeypatch.delenv(DATA_ROOTS_VAR)
+    at = open_page("pages/dataset.py")
+    next(t for t in at.text_input if t.label == "Path on the server").input(small_digits_dir).run()
+    next(b for b in at.button if b.label == "Ingest from the server").click().run()
+    assert_clean(at)
+    assert at.session_state[ui.DATASET]  # the same folder, allowed when no roots are set
