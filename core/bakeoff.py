@@ -150,9 +150,11 @@ def with_random_floor(models: Sequence[str], include: bool = True) -> tuple[str,
     return tuple(names)
 
 
-def task_key(source: str, options: BakeoffOptions) -> str:
-    """One bake-off per data source and options: what a background task of it is keyed by."""
-    return json.dumps({"source": source, **options.to_dict()}, sort_keys=True)
+def task_key(source: str, options: BakeoffOptions, config=None) -> str:
+    """One bake-off per data source, options and split (a TrainConfig's seed and fractions): what a
+    background task of it is keyed by."""
+    split = {k: getattr(config, k) for k in ("seed", "val_fraction", "test_fraction")} if config else {}
+    return json.dumps({"source": source, **options.to_dict(), "split": split}, sort_keys=True)
 
 
 def result_rows(result: BakeoffResult) -> list[dict[str, Any]]:
@@ -329,14 +331,15 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
 
 
 def bakeoff(source: str, options: BakeoffOptions, workspace_dir: str = "runs",
-            progress: Callable[[str], None] = lambda message: None) -> BakeoffResult:
-    """`source` as for training (folder, archive, CSV, dataset id, manifest, "demo"), split as a run would."""
+            progress: Callable[[str], None] = lambda message: None, config=None) -> BakeoffResult:
+    """`source` as for training (folder, archive, CSV, dataset id, manifest, "demo"), split as a run with
+    `config` (a TrainConfig: its seed and val/test fractions; default settings when None) would split it."""
     from .config import TrainConfig
     from .data import from_manifest
     from .runs import prepare_data
 
     check_options(options)
-    manifest = prepare_data(source, TrainConfig(), workspace_dir)
+    manifest = prepare_data(source, config or TrainConfig(), workspace_dir)
     return run_bakeoff(from_manifest(manifest, source), options, progress)
 
 

@@ -202,7 +202,8 @@ if not dataset_id:
     right.page_link("pages/dataset.py", label="Load your images", icon=":material/photo_library:")
 else:
     bakeoff_options, problem = bakeoff_settings(dataset_id)
-    key = task_key(dataset_id, bakeoff_options) if bakeoff_options else None
+    split_config = ui.current_config()  # the bake-off splits the data as training will
+    key = task_key(dataset_id, bakeoff_options, split_config) if bakeoff_options else None
     # this choice's bake-off (also one started in another tab), else the one this session ran last
     snap = (tasks.latest(BAKEOFF, key) if key else None) or tasks.snapshot(st.session_state.get("models.bakeoff_task", ""))
     running = [s for s in tasks.active() if s.kind == BAKEOFF]
@@ -217,7 +218,8 @@ else:
                  disabled=bakeoff_options is None or this_running) and bakeoff_options is not None:
         label = (f"bake-off of {len(bakeoff_options.models)} candidates on "
                  f"{ui.dataset_name(ui.workspace().root, dataset_id)}")
-        task_id = tasks.submit(BAKEOFF, key, label, bakeoff, dataset_id, bakeoff_options, ui.workspace().root)
+        task_id = tasks.submit(BAKEOFF, key, label, bakeoff, dataset_id, bakeoff_options, ui.workspace().root,
+                               config=split_config)
         st.session_state["models.bakeoff_task"] = task_id  # a second click finds the running one, starts nothing
         snap = tasks.snapshot(task_id)
     if snap is not None and snap.active:

@@ -63,6 +63,26 @@ def test_a_task_key_differs_with_the_data_and_every_option():
     others = [task_key("ds2", options), task_key("ds1", BakeoffOptions(("a", "c"), 100, 32)),
               task_key("ds1", BakeoffOptions(("a", "b"), 200, 32)), task_key("ds1", BakeoffOptions(("a", "b"), 100))]
     assert len({task_key("ds1", options), *others}) == 5
+    # the split the bake-off scores on is part of what it is
+    from core.config import TrainConfig
+
+    assert task_key("ds1", options, TrainConfig(seed=1)) != task_key("ds1", options, TrainConfig(seed=2))
+    assert task_key("ds1", options, TrainConfig()) == task_key("ds1", options, TrainConfig(lr=0.1))
+
+
+def test_the_bakeoff_splits_the_data_as_the_configured_run_would(small_digits_dir, tmp_path, monkeypatch):
+    import core.bakeoff
+    import core.runs
+    from core.config import TrainConfig
+
+    seen = []
+    original = core.runs.prepare_data
+    monkeypatch.setattr(core.runs, "prepare_data", lambda source, config, ws: seen.append(config) or
+                        original(source, config, ws))
+    monkeypatch.setattr(core.bakeoff, "run_bakeoff", lambda data, options, progress: data)
+    options = BakeoffOptions(("efficientnet_lite0", "efficientnet_lite0:random"))
+    data = core.bakeoff.bakeoff(small_digits_dir, options, str(tmp_path), config=TrainConfig(val_fraction=0.3))
+    assert seen[0].val_fraction == 0.3 and len(data.val) > len(data.test)
 
 
 def test_result_rows_are_the_table_of_the_candidates_best_first():
