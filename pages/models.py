@@ -44,7 +44,10 @@ if not catalog.empty:
 # --- candidates
 extra = st.session_state.setdefault(ui.EXTRA_MODELS, [])
 options = list(dict.fromkeys([*catalog.get("name", pd.Series(dtype=str)).tolist(), *extra]))
-ui.seed("models.candidates", [m for m in st.session_state.get(ui.CANDIDATES, [ui.current_model()]) if m in options])
+# first visit: the model to train and the models available offline, so the bake-off below is one click away
+offline = [r["name"] for r in rows if r.get("available")][:3]
+first = st.session_state.get(ui.CANDIDATES, list(dict.fromkeys([ui.current_model(), *offline])))
+ui.seed("models.candidates", [m for m in first if m in options][:5])
 candidates = st.multiselect("Candidates to try", options, key="models.candidates",
                             help="Pick one or more. The bake-off below ranks 2 to 5 of them on your images in about a "
                             "minute; or train each on the Train page and compare them on Runs.")
