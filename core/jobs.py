@@ -184,7 +184,9 @@ class JobManager:
         """A snapshot rebuilt from the run store: for runs of an earlier process, or before any event."""
         run = self.store.get_run(run_id)
         epochs = tuple(self.store.metrics(run_id, "epoch"))
-        steps = tuple(self.store.metrics(run_id, "step"))
+        # per-step losses and mid-epoch validations, in step order, as a live snapshot holds them
+        steps = tuple(sorted(self.store.metrics(run_id, "step") + self.store.metrics(run_id, "val"),
+                             key=lambda row: (row["step"], "val_loss" in row)))
         baseline = self.store.metrics(run_id, "baseline")
         status = run["status"]
         if status in ("queued", "running") and run_id not in self._jobs:

@@ -44,6 +44,9 @@ def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_
     # a second manager (a restarted process) sees the same run from the store
     again = JobManager(str(tmp_path)).snapshot(run_id)
     assert again.status == "completed" and len(again.epochs) == 3 and again.epoch == 2
+    live_val = [s["step"] for s in final.steps if "val_accuracy" in s]
+    assert [s["step"] for s in again.steps if "val_accuracy" in s] == live_val  # mid-epoch validations too
+    assert [s["step"] for s in again.steps] == sorted(s["step"] for s in again.steps)
 
 
 def test_stop_is_cooperative_and_the_run_can_be_resumed(small_digits_dir, tiny_config, tmp_path):
