@@ -13,6 +13,9 @@ page = st.navigation([st.Page(path, title=title, icon=ICONS[path], default=path 
                       for path, title in ui.PAGES.items()])
 sidebar = st.sidebar.container()  # filled after the page ran, so it shows what the page just did
 try:
-    page.run()
+    with ui.routed():
+        page.run()
+except ui.PageDone:  # the page ended early on purpose (no data yet, say)
+    pass
 finally:
     ui.sidebar(sidebar)

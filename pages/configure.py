@@ -10,6 +10,8 @@ from core.suggest import Suggestion, quick_start, suggest_settings
 from core.train import stage_frozen_counts
 from pages import charts, ui
 
+ui.through_app(__file__)
+
 st.title("3 · Configure the training")
 device = default_device()
 overview = ui.current_overview()
@@ -157,7 +159,7 @@ try:
     config = ui.config_from_widgets(base).validate()
 except ConfigError as exc:
     st.error(f"**This configuration cannot be used:** {exc}. Change that setting above.")
-    st.stop()
+    ui.stop_page()
 st.session_state[ui.CONFIG] = config.to_dict()
 
 overview = ui.current_overview()

@@ -17,6 +17,8 @@ from core.ingest import (
 from core.uploads import ingest_csv_upload
 from pages import charts, ui
 
+ui.through_app(__file__)
+
 st.title("2 · Your images")
 st.write("Give one folder per class (`cats/…`, `dogs/…`), optionally inside `train/`, `val/`, `test/` folders; "
          "or a CSV with `path,label` columns. Every image is checked, hidden files are skipped, and the data "
@@ -68,7 +70,7 @@ if loaded is not None:
 overview = ui.current_overview()
 if overview is None:
     st.info("Load a dataset above to see its audit.")
-    st.stop()
+    ui.stop_page()
 
 report = overview.report
 st.header(f"{overview.name}: {report.num_images:,} images, {len(report.class_counts)} classes")

@@ -18,6 +18,8 @@ from core.report import FINE_TUNED, EvaluationOptions, build_report, default_rep
     model_rows, progress_steps, with_costs, write_report
 from pages import ui
 
+ui.through_app(__file__)
+
 # --- session keys: widget keys are "evaluate.*"; the "…saved" keys outlive a visit to another page
 RUN_SAVED = "evaluate.run.saved"  # dict(watched, run): the run picked here while ui.RUN was `watched`
 SPLIT_SAVED = "evaluate.split.saved"
@@ -77,7 +79,7 @@ if not runs:
     st.info("No finished run yet: train one first. Evaluation uses the run's best checkpoint on its test split, "
             "images the model never saw while training.")
     st.page_link("pages/train.py", label="Train", icon=":material/monitoring:")
-    st.stop()
+    ui.stop_page()
 
 ids = [r["id"] for r in runs]
 by_id = {r["id"]: r for r in runs}
@@ -99,7 +101,7 @@ st.session_state[SPLIT_SAVED] = split
 mtime = checkpoint_mtime(by_id[run_id])
 result = ui.attempt("Evaluating the run", evaluation, runs_dir, run_id, split, mtime)
 if result is None:
-    st.stop()
+    ui.stop_page()
 
 # --- headline numbers
 cols = st.columns(5)

@@ -7,6 +7,8 @@ from core.estimate import default_device
 from core.suggest import quick_start
 from pages import ui
 
+ui.through_app(__file__)
+
 st.title("Transfer Studio")
 st.write("Teach a pretrained image model to recognise **your** classes. The model already knows edges, "
          "textures and shapes from millions of photos (ImageNet); you only fit its last layers to your "

@@ -20,6 +20,8 @@ from core.licenses import license_warning
 from core.uploads import CHECKPOINT_SUFFIXES, add_checkpoint
 from pages import ui
 
+ui.through_app(__file__)
+
 st.title("1 · Choose a pretrained model")
 st.write("Each model below was trained on ImageNet photos; fine-tuning reuses what it learned. Bigger models "
          "(more parameters, higher ImageNet top-1) usually transfer better but train slower. "

@@ -12,6 +12,8 @@ from core.compare import (
 )
 from pages import charts, ui
 
+ui.through_app(__file__)
+
 st.title("5 · Runs")
 manager = ui.job_manager()
 store, root = manager.store, ui.workspace().root
@@ -20,7 +22,7 @@ table = ui.attempt("Reading the run store", run_table, store, [s.run_id for s in
 if table is None or table.empty:
     st.info("No runs yet. Train one on the Train page; every run is kept here with its settings and metrics.")
     st.page_link("pages/train.py", label="Train", icon=":material/monitoring:")
-    st.stop()
+    ui.stop_page()
 
 st.dataframe(table, hide_index=True, column_config={
     "best_val_accuracy": st.column_config.NumberColumn("best val acc.", format="percent"),

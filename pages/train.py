@@ -7,6 +7,8 @@ from core.curves import snapshot_curves
 from core.estimate import default_device, format_bytes, format_seconds
 from pages import charts, ui
 
+ui.through_app(__file__)
+
 st.title("4 · Train")
 manager = ui.job_manager()
 config = ui.current_config()
@@ -58,7 +60,7 @@ if run_id is None or (not manager.is_active(run_id) and active):
         st.session_state[ui.RUN] = run_id
 if run_id is None:
     st.info("No run yet: press **Start training**.")
-    st.stop()
+    ui.stop_page()
 polling = manager.is_active(run_id)
 run_config = (ui.attempt("Reading the run", manager.store.get_run, run_id) or {}).get("config", {})
 

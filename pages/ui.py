@@ -7,7 +7,10 @@ plain dict, the watched run id. Threads, models and datasets live in core and in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -40,6 +43,43 @@ PAGES = {  # file -> title; app.py builds the navigation from this
     "pages/runs.py": "5 · Runs",
     "pages/evaluate.py": "6 · Evaluate",
 }
+
+
+# --- routing: every page runs inside app.py's navigation
+_route = threading.local()  # per script-runner thread: is app.py running the page?
+
+
+@contextmanager
+def routed() -> Iterator[None]:
+    """app.py runs the chosen page inside this."""
+    _route.active = True
+    try:
+        yield
+    finally:
+        _route.active = False
+
+
+class PageDone(Exception):
+    """Raised by `stop_page`; app.py catches it."""
+
+
+def stop_page() -> None:
+    """End the page here (instead of st.stop(), which would also stop app.py from drawing the sidebar)."""
+    raise PageDone
+
+
+def through_app(page_file: str) -> None:
+    """First call of every page. A URL that names a page (a bookmark, a reload) before app.py has run makes
+    Streamlit run that file on its own, as an old-style page of the pages/ folder: no layout, no sidebar, and
+    every file of pages/ listed as a page. Then run app.py in its place: its navigation picks the page the
+    URL names, and runs it the usual way."""
+    if getattr(_route, "active", False):
+        return
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(page_file))), "app.py"),
+                   run_name="__app__")
+    st.stop()
 
 
 def workspace() -> Workspace:

@@ -200,3 +200,26 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
             raise
         finally:
             browser.close()
+
+
+def test_a_link_straight_to_a_page_opens_it_inside_the_app(server):
+    """A bookmark of /evaluate: Streamlit runs pages/evaluate.py on its own at first (an old-style page of the
+    pages/ folder); the page hands over to app.py, so it gets the app's navigation and sidebar."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{server}/evaluate")
+            expect(page.get_by_role("heading", name="6 · Evaluate")).to_be_visible(timeout=MINUTE)
+            sidebar = page.get_by_test_id("stSidebar")
+            expect(sidebar).to_contain_text("Device:", timeout=MINUTE)
+            expect(sidebar.get_by_test_id("stSidebarNavLink").filter(has_text="6 · Evaluate")).to_be_visible()
+            links = sidebar.get_by_test_id("stSidebarNavLink").all_inner_texts()
+            assert not {"ui", "charts", "app"} & {t.strip() for t in links}, links
+        except Exception:
+            shot(page, "deep-link-failure")
+            raise
+        finally:
+            browser.close()

@@ -81,6 +81,8 @@ def test_every_page_renders_on_an_empty_workspace(workspace, page):
     at = open_page(page)
     assert_clean(at)
     assert at.title, "every page has a title"
+    # pages that end early (nothing to show yet) still get app.py's sidebar
+    assert "**Device:**" in "\n".join(m.value for m in at.sidebar.markdown)
 
 
 def sidebar_text(at: AppTest) -> str:
