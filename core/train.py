@@ -86,7 +86,6 @@ class LoopState:
     step: int = 0  # optimizer steps taken
     stage: int = 0
     epoch_in_stage: int = 0
-    best_val_loss: float = math.inf  # of the best checkpoint
     best_epoch: int = -1
     best_score: list[float] = field(default_factory=list)  # monitor_score of the best checkpoint; [] = none yet
     stage_start_score: list[float] = field(default_factory=list)
@@ -328,7 +327,7 @@ class Trainer:
             else:
                 state.bad_epochs += 1
         if improved:
-            state.best_val_loss, state.best_epoch, state.best_score = val_loss, state.epoch, score
+            state.best_epoch, state.best_score = state.epoch, score
             save_model(self.model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
         self._save_state(state)
         metrics["epoch_seconds"] = time.time() - started
