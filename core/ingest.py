@@ -801,6 +801,32 @@ def _atomic_write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _indexed(datasets: Path, key: str) -> Dataset | None:
+    """The stored dataset an index entry (`.index/<key>.json`) points at, as that source ingested it: its
+    name and its skipped entries (the same content may have been stored from another source with other
+    junk in it). None when there is no entry, or it is unreadable, or its dataset is gone."""
+    index = datasets / ".index" / f"{key}.json"
+    if not index.is_file():
+        return None
+    with suppress(OSError, ValueError, KeyError, TypeError):
+        entry = json.loads(index.read_text(encoding="utf-8"))
+        if (datasets / entry["dataset_id"] / DATASET_FILE).is_file():
+            stored = load_dataset_dir(datasets / entry["dataset_id"])
+            skipped = entry.get("skipped")
+            return replace(stored, source=entry.get("source", stored.source),
+                           skipped=stored.skipped if skipped is None else
+                           tuple(Skipped.from_dict(x) for x in skipped))
+    return None
+
+
+def _index(datasets: Path, key: str, dataset: Dataset) -> None:
+    """Remember that `key` (an archive's bytes, a folder's files, the demo) ingests to `dataset`."""
+    index = datasets / ".index" / f"{key}.json"
+    index.parent.mkdir(exist_ok=True)
+    _atomic_write_json(index, {"dataset_id": dataset.dataset_id, "source": dataset.source,
+                               "skipped": [x.to_dict() for x in dataset.skipped]})
+
+
 def load_dataset(workspace_dir: str | os.PathLike, dataset_id: str) -> Dataset:
     """The dataset stored under ``<workspace>/datasets/<dataset_id>/``."""
     folder = _datasets_dir(workspace_dir) / dataset_id
@@ -1012,16 +1038,12 @@ def _ingest_folder(path: str, name: str, staging: Path, datasets: Path, limits: 
     cands, skipped, layout = _scan_folder(path)
     _check_folder_budget(cands, limits, name)
     signature = None if move else _folder_signature(path, name, cands, limits)
-    index = datasets / ".index" / f"folder-{signature[:32]}.json" if signature else None
-    if index is not None and index.is_file():  # the same files as last time: no need to read them again
-        with suppress(OSError, ValueError, KeyError):
-            stored = datasets / json.loads(index.read_text(encoding="utf-8"))["dataset_id"]
-            if (stored / DATASET_FILE).is_file():
-                return load_dataset_dir(stored)
+    key = f"folder-{signature[:32]}" if signature else None
+    if key is not None and (same := _indexed(datasets, key)) is not None:
+        return same  # the same files as last time: no need to read them again
     dataset = _build(cands, skipped, layout, name, staging, datasets, limits, move, workers)
-    if index is not None:
-        index.parent.mkdir(exist_ok=True)
-        _atomic_write_json(index, {"dataset_id": dataset.dataset_id, "source": name})
+    if key is not None:
+        _index(datasets, key, dataset)
     return dataset
 
 
@@ -1053,15 +1075,8 @@ def _ingest_archive(archive: str, archive_sha: str, kind: str, name: str, stagin
     # Index by archive bytes + limits: the same upload maps to its dataset without re-extraction.
     key = hashlib.sha256(f"{archive_sha}|{kind}|{json.dumps(limits.to_dict(), sort_keys=True)}"
                          .encode()).hexdigest()
-    index = datasets / ".index" / f"{key}.json"
-    if index.is_file():
-        with suppress(OSError, ValueError, KeyError):
-            entry = json.loads(index.read_text(encoding="utf-8"))
-            if (datasets / entry["dataset_id"] / DATASET_FILE).is_file():
-                stored = load_dataset_dir(datasets / entry["dataset_id"])
-                # the stored dataset may have come from another source with other junk in it
-                return replace(stored, source=entry["source"],
-                               skipped=tuple(Skipped.from_dict(s) for s in entry["skipped"]))
+    if (same := _indexed(datasets, key)) is not None:
+        return same
     raw = staging / "raw"
     raw.mkdir()
     skipped: list[Skipped] = []
@@ -1078,9 +1093,7 @@ def _ingest_archive(archive: str, archive_sha: str, kind: str, name: str, stagin
     if prefix != ".":  # report paths as they are named inside the archive
         more = [Skipped(f"{prefix}/{s.path}", s.code, s.reason) for s in more]
     dataset = _build(cands, skipped + more, layout, name, staging, datasets, limits, True, workers)
-    index.parent.mkdir(exist_ok=True)
-    _atomic_write_json(index, {"dataset_id": dataset.dataset_id, "source": name,
-                               "skipped": [s.to_dict() for s in dataset.skipped]})
+    _index(datasets, key, dataset)
     return dataset
 
 
@@ -1117,12 +1130,8 @@ def demo_dataset(workspace_dir: str | os.PathLike) -> Dataset:
     deterministic, so the dataset_id is the same every time.
     """
     datasets = _datasets_dir(workspace_dir)
-    pointer = datasets / ".index" / f"{DEMO_KEY}.json"
-    if pointer.is_file():
-        with suppress(OSError):
-            dataset_id = json.loads(pointer.read_text(encoding="utf-8"))["dataset_id"]
-            if (datasets / dataset_id / DATASET_FILE).is_file():
-                return load_dataset_dir(datasets / dataset_id)
+    if (stored := _indexed(datasets, DEMO_KEY)) is not None:
+        return stored
     images, targets = _load_digits()
     datasets.mkdir(parents=True, exist_ok=True)
     staging = datasets / f".staging-{uuid.uuid4().hex}"
@@ -1141,8 +1150,7 @@ def demo_dataset(workspace_dir: str | os.PathLike) -> Dataset:
                                  move=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    pointer.parent.mkdir(exist_ok=True)
-    _atomic_write_json(pointer, {"dataset_id": dataset.dataset_id, "source": "sklearn-digits"})
+    _index(datasets, DEMO_KEY, dataset)
     return dataset
 
 

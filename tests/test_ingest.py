@@ -140,6 +140,18 @@ def test_reingesting_an_unchanged_folder_reads_no_image_and_a_changed_one_is_rea
     assert ingest(src, tmp_path / "ws", limits=IngestLimits(max_members=10)) == second and len(reads) == 8
 
 
+def test_a_folder_reingested_keeps_its_own_name_and_skipped_files_when_another_stored_its_content(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_tree(first, {"cat": 2, "dog": 2})
+    make_tree(second, {"cat": 2, "dog": 2})  # the same images (same seeds)...
+    (second / "cat" / "notes.txt").write_text("not an image")  # ...and junk of its own
+    a = ingest(first, tmp_path / "ws")
+    b = ingest(second, tmp_path / "ws")
+    assert a.dataset_id == b.dataset_id and b.source == "second" and b.skipped and not a.skipped
+    assert ingest(second, tmp_path / "ws") == b  # from the folder index: still second's name and junk
+    assert ingest(first, tmp_path / "ws") == a
+
+
 def test_reingesting_the_same_zip_reuses_the_dataset_without_extracting(tmp_path, monkeypatch):
     archive = tmp_path / "d.zip"
     with zipfile.ZipFile(archive, "w") as zf:
