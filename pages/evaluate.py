@@ -90,9 +90,14 @@ preferred = saved.get("run") if saved.get("watched") == watched else watched
 ui.seed("evaluate.run", preferred if preferred in ids else ids[0])
 if st.session_state["evaluate.run"] not in ids:
     st.session_state["evaluate.run"] = ids[0]
+
+
+def run_label(i: str) -> str:
+    return f"{i} · {by_id[i]['model']} · {by_id[i]['status']}"
+
+
 left, right = st.columns([3, 2])
-run_id = left.selectbox("Run", ids, key="evaluate.run",
-                        format_func=lambda i: f"{i} · {by_id[i]['model']} · {by_id[i]['status']}")
+run_id = left.selectbox("Run", ids, key="evaluate.run", format_func=run_label)
 st.session_state[RUN_SAVED] = {"watched": watched, "run": run_id}
 kept("evaluate.split", SPLIT_SAVED, "test")
 split = right.radio("Split", ["test", "val"], horizontal=True, key="evaluate.split",
@@ -216,7 +221,8 @@ with tabs[2]:
                 "you may leave this page.")
     for name, value in {**REPORT_DEFAULTS, **st.session_state.get(REPORT_SAVED, {})}.items():
         ui.seed(f"evaluate.opt.{name}", value)
-    names = ui.attempt("Listing the datasets", dataset_names, ui.workspace().root) or {}
+    workspace = ui.workspace()
+    names = ui.attempt("Listing the datasets", dataset_names, workspace.root) or {}
     if st.session_state["evaluate.opt.drift_dataset"] not in ["", *names]:
         st.session_state["evaluate.opt.drift_dataset"] = ""
     with st.form("evaluate.report_form"):
@@ -239,10 +245,12 @@ with tabs[2]:
                      help="Images the run trained or validated on are left out. A path here wins over the list.")
         submitted = st.form_submit_button("Build the full report", type="primary")
     chosen = {name: st.session_state[f"evaluate.opt.{name}"] for name in REPORT_DEFAULTS}
-    options = ui.attempt(
-        "Checking the report options", EvaluationOptions, split=split,
-        drift_data=chosen["drift_path"].strip() or chosen["drift_dataset"] or None,
-        workspace_dir=ui.workspace().root, baselines=chosen["baselines"], from_scratch=chosen["from_scratch"],
+    drift_path = chosen["drift_path"].strip()  # a server path: only where this server allows reading data
+    drift = (ui.attempt("Checking the second data source", workspace.server_path, drift_path) if drift_path
+             else chosen["drift_dataset"] or None)
+    options = None if drift_path and drift is None else ui.attempt(
+        "Checking the report options", EvaluationOptions, split=split, drift_data=drift,
+        workspace_dir=workspace.root, baselines=chosen["baselines"], from_scratch=chosen["from_scratch"],
         corruptions=tuple(x for x in CORRUPTIONS if x in chosen["corruptions"]),
         severities=tuple(sorted(chosen["severities"])), latency=chosen["latency"],
         latency_budget_s=float(chosen["latency_budget_s"]))
@@ -361,7 +369,7 @@ with tabs[4]:
         if st.session_state.get("evaluate.other") not in [None, *others]:
             del st.session_state["evaluate.other"]
         other = st.selectbox("Compare with", others, index=None, key="evaluate.other", placeholder="pick a run",
-                             format_func=lambda i: f"{i} · {by_id[i]['model']} · {by_id[i]['status']}")
+                             format_func=run_label)
         second = ui.attempt("Evaluating the second run", evaluation, runs_dir, other, split,
                             checkpoint_mtime(by_id[other])) if other else None
         comparison = ui.attempt("Comparing the runs", compare_evaluations, result, second) if second else None

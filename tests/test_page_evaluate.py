@@ -247,3 +247,17 @@ def test_a_report_that_fails_says_why(ws):
     at.run()
     assert not at.exception
     assert any("Building the report failed" in e.value and "no-such-folder" in e.value for e in at.error)
+
+
+def test_a_drift_path_outside_the_allowed_data_roots_is_refused(ws, tmp_path, monkeypatch):
+    from core.workspace import DATA_ROOTS_VAR
+
+    workspace, ids = ws
+    monkeypatch.setenv(DATA_ROOTS_VAR, str(tmp_path / "allowed"))
+    tasks = ui._job_manager(workspace.root).tasks
+    before = getattr(tasks.latest("report"), "task_id", None)
+    at = open_page(PAGE, {ui.RUN: ids["c"]})
+    at.text_input(key="evaluate.opt.drift_path").set_value(str(tmp_path / "elsewhere"))
+    button(at, "Build the full report").click().run()
+    assert any(DATA_ROOTS_VAR in e.value for e in at.error), [e.value for e in at.error]
+    assert getattr(tasks.latest("report"), "task_id", None) == before, "no report was started"
