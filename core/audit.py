@@ -10,7 +10,6 @@ CLI: ``python -m core audit DATA [--json] [--workspace DIR]``; see ``main``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Any, BinaryIO, Iterable, Sequence
 
 import numpy as np
 
+from core.cli import ArgParser, UsageError
 from core.ingest import (DATASET_FILE, Dataset, ImageProbe, IngestError, IngestLimits, Sample, resolve_dataset,
                          load_probes)
 
@@ -588,15 +588,6 @@ def format_report(report: AuditReport, max_files: int = 5) -> str:
     return "\n".join(lines)
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # exit status 2 means "blocked"; bad usage must not look like it
-        raise _UsageError(f"{self.format_usage()}{self.prog}: error: {message}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m core audit DATA [--json] [--workspace DIR]`` (argv excludes the word "audit").
 
@@ -604,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     be audited at all (bad arguments, unreadable source). With ``--json`` the last stdout line is the
     whole report as one JSON object.
     """
-    parser = _Parser(prog="python -m core audit", description="Audit an image dataset before training.")
+    parser = ArgParser(prog="python -m core audit", description="Audit an image dataset before training.")
     parser.add_argument("data", help="folder, .zip/.tar.gz/.tgz archive, CSV (path,label[,split][,group]), "
                         "stored dataset folder, or a dataset id with --workspace")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -617,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="pHash Hamming distance for near duplicates (-1: off)")
     try:
         args = parser.parse_args(argv)
-    except _UsageError as e:
+    except UsageError as e:
         print(e, file=sys.stderr)
         return 1
     except SystemExit as e:  # --help

@@ -16,7 +16,6 @@ A candidate named `NAME:random` is NAME with random weights: a floor that shows 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .cli import ArgParser, UsageError
 
 RANDOM_SUFFIX = ":random"
 DEFAULT_MAX_IMAGES = 1000
@@ -344,19 +345,10 @@ def bakeoff(source: str, options: BakeoffOptions, workspace_dir: str = "runs",
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise _UsageError(f"{self.prog}: {message}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m core bakeoff DATA --models a,b,c` (argv excludes "bakeoff"). Progress on stderr; the last
     stdout line is the BakeoffResult as JSON. Exit status 0 on success, 2 on bad input."""
-    parser = _Parser(prog="python -m core bakeoff",
+    parser = ArgParser(prog="python -m core bakeoff",
                      description="Rank 2-5 candidate backbones on a subset of your data before training.")
     parser.add_argument("data", help="as for training: folder, .zip/.tar.gz, CSV, dataset id, manifest, or 'demo'")
     parser.add_argument("--models", required=True,
@@ -390,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .figures import bakeoff_figure
 
             bakeoff_figure(result).write_html(args.html, include_plotlyjs=True)
-    except _UsageError as exc:
+    except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help

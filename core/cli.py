@@ -12,6 +12,18 @@ import sys
 from .config import ConfigError, TrainConfig
 
 DEFAULT_RUNS_DIR = "runs"
+
+
+class UsageError(Exception):
+    """Bad command-line usage; the message holds the usage line. Each command's main turns it into exit 2."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so a command's main decides its own exit code
+    (audit's 2 means "blocked"; bad usage must not exit before main can say so)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.format_usage()}{self.prog}: error: {message}")
 DELEGATED = {  # command -> (module with its own main(argv), help line)
     "audit": (".audit", "audit a dataset: python -m core audit DATA [--json]"),
     "bakeoff": (".bakeoff", "rank candidate backbones: python -m core bakeoff DATA --models a,b,c"),

@@ -16,7 +16,6 @@ What the report holds, all on the same test images:
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import dataclasses
@@ -32,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .cli import ArgParser, UsageError
 from .corruptions import CORRUPTIONS, SEVERITIES, CorruptionError
 from .evaluate import EvaluationError, Predictions, RunEvaluation, best_checkpoint, predict_images, \
     recorded_baseline, summarize
@@ -592,19 +592,10 @@ def _interval(iv: Any, digits: int = 4) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # exit code 2 comes from main, not from argparse's sys.exit
-        raise _UsageError(f"{self.prog}: {message}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m core evaluate RUN_ID [...]` (argv excludes "evaluate"). The last stdout line is the
     report as JSON; progress goes to stderr. Exit status 0 on success, 2 on bad input."""
-    parser = _Parser(prog="python -m core evaluate",
+    parser = ArgParser(prog="python -m core evaluate",
                      description="Evaluate a run: metrics, baselines, deployment, robustness, cost of errors.")
     parser.add_argument("run_id")
     parser.add_argument("--runs-dir", default="runs")
@@ -652,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               progress=lambda m: print(m, file=sys.stderr, flush=True))
         if not args.no_report:
             report = write_report(report, args.report_dir or default_report_dir(args.runs_dir, args.run_id, args.split))
-    except _UsageError as exc:
+    except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help
