@@ -341,6 +341,34 @@ def _pair_findings(pairs: list[tuple[Sample, Sample]], split_of: dict[str, str],
     return out
 
 
+def _related_findings(manifest: Any, split_of: dict[str, str]) -> list[Finding]:
+    """What core.related found (recorded in the split manifest), and whether given splits scatter it."""
+    out = []
+    for found in manifest.grouping:
+        if not found.get("groups"):
+            if found.get("source") == "none" and found.get("rule"):
+                out.append(Finding("info", "related_images_not_checked", found["rule"][0].upper() + found["rule"][1:],
+                                   (), "Set group_by=\"embeddings\" to compare them anyway."))
+            continue
+        examples = [tuple(g) for g in found.get("examples", ())]
+        spread = [g for g in examples if len({split_of.get(p, UNSPLIT) for p in g} - {UNSPLIT}) > 1]
+        where = {"names": "by their file names", "embeddings": "by their pretrained features"}.get(found["source"], "")
+        message = (f"{found['images']} images in {found['groups']} groups look like pictures of one thing each "
+                   f"({where}: {found['rule']}); the split keeps each group in one split")
+        fix = ("Nothing to do: validation and test then hold only things training has not seen. If these images "
+               "are unrelated, set group_by=\"none\"; if you know the true groups (object, patient, part), give "
+               "them as a CSV 'group' column.")
+        if spread:  # only possible when the data came with its own splits
+            out.append(Finding("warning", "related_leakage", message.split("; ")[0] + "; the data's own splits put "
+                               "some groups in more than one split, so validation/test scores may be inflated",
+                               _capped(p for g in spread for p in g), "Re-split without the given splits, or move "
+                               "each group into one split.", _capped((g[0], g[1]) for g in spread)))
+        else:
+            out.append(Finding("info", "related_images", message, _capped(p for g in examples for p in g), fix,
+                               _capped((g[0], g[1]) for g in examples)))
+    return out
+
+
 def _split_findings(dataset: Dataset, split_of: dict[str, str]) -> list[Finding]:
     labels_by_split: dict[str, set[str]] = defaultdict(set)
     for s in dataset.samples:
@@ -545,6 +573,10 @@ def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
     dups = _duplicates(samples, probes, near_duplicate_distance)
     findings += _pair_findings(dups.exact, split_of, exact=True)
     findings += _pair_findings(dups.near, split_of, exact=False)
+
+    # 5. related images (views of one object, one patient) the split keeps together
+    if manifest is not None:
+        findings += _related_findings(manifest, split_of)
 
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     return AuditReport(

@@ -35,6 +35,16 @@ class DuplicatePair:
 
 
 @dataclass(frozen=True)
+class RelatedExample:
+    """One group of related images the split keeps together, for showing side by side."""
+
+    source: str  # "names" | "embeddings"
+    label: str
+    split: str
+    paths: tuple[str, ...]  # absolute
+
+
+@dataclass(frozen=True)
 class DatasetOverview:
     dataset: Dataset
     report: AuditReport
@@ -42,6 +52,7 @@ class DatasetOverview:
     split_error: str  # why not, when manifest is None
     examples: dict[str, tuple[str, ...]]  # label -> absolute paths of a few images
     pairs: tuple[DuplicatePair, ...]
+    related: tuple[RelatedExample, ...] = ()  # example groups of related images (core.related), largest first
 
     @property
     def split_counts(self) -> dict[str, dict[str, int]]:
@@ -73,7 +84,22 @@ def dataset_overview(dataset: Dataset | str, workspace_dir: str, config: TrainCo
     report = audit_dataset(dataset, workspace_dir=workspace_dir, manifest=manifest, model_mean=pre.mean,
                            model_std=pre.std, min_size=pre.input_size)
     return DatasetOverview(dataset, report, manifest, split_error, _examples(dataset, per_class),
-                           _pairs(dataset, report, manifest, max_pairs))
+                           _pairs(dataset, report, manifest, max_pairs), _related(dataset, manifest))
+
+
+def _related(dataset: Dataset, manifest: Manifest | None) -> tuple[RelatedExample, ...]:
+    if manifest is None:
+        return ()
+    samples = {s.path: s for s in dataset.samples}
+    split_of = {r.path: r.split for r in manifest.rows}
+    out = []
+    for found in manifest.grouping:
+        for group in found.get("examples", ()):
+            if all(p in samples for p in group):
+                splits = sorted({split_of.get(p, "") for p in group})
+                out.append(RelatedExample(found["source"], samples[group[0]].label, "/".join(splits),
+                                          tuple(str(dataset.path_of(samples[p])) for p in group)))
+    return tuple(out)
 
 
 def _examples(dataset: Dataset, per_class: int) -> dict[str, tuple[str, ...]]:

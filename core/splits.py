@@ -54,6 +54,7 @@ class Manifest:
     ratios: tuple[float, float, float]     # requested train/val/test fractions
     rows: tuple[ManifestRow, ...]          # sorted by path
     warnings: tuple[str, ...] = ()         # small classes, leaks in given splits, ...
+    grouping: tuple[dict, ...] = ()        # related images kept together: core.related.RelatedGroups.to_dict()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -79,14 +80,14 @@ class Manifest:
     def to_dict(self) -> dict:
         return {"format": MANIFEST_FORMAT, "dataset_id": self.dataset_id, "root": self.root,
                 "seed": self.seed, "ratios": list(self.ratios), "warnings": list(self.warnings),
-                "rows": [r.to_dict() for r in self.rows]}
+                "grouping": list(self.grouping), "rows": [r.to_dict() for r in self.rows]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
         return cls(dataset_id=d["dataset_id"], root=d["root"], seed=int(d["seed"]),
                    ratios=tuple(float(x) for x in d["ratios"]),
                    rows=tuple(ManifestRow.from_dict(r) for r in d["rows"]),
-                   warnings=tuple(d.get("warnings", ())))
+                   warnings=tuple(d.get("warnings", ())), grouping=tuple(d.get("grouping", ())))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,6 +123,11 @@ def _units(samples: Sequence[Sample], groups: Iterable[Iterable[str]]) -> list[l
     for i, s in enumerate(samples):
         by_root[find(i)].append(s)
     return list(by_root.values())
+
+
+def unit_ids(samples: Sequence[Sample], groups: Iterable[Iterable[str]]) -> dict[str, int]:
+    """Sample path -> the id of the unit that must stay in one split (what split_dataset deals whole)."""
+    return {s.path: k for k, unit in enumerate(_units(tuple(samples), groups)) for s in unit}
 
 
 def _unit_label(unit: list[Sample]) -> str:
@@ -179,14 +185,16 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
 
 def split_dataset(dataset: Dataset, ratios: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   near_duplicate_groups: Iterable[Iterable[str]] | None = None, *,
-                  respect_given_splits: bool = True, near_duplicate_distance: int | None = None
-                  ) -> Manifest:
+                  respect_given_splits: bool = True, near_duplicate_distance: int | None = None,
+                  related: Sequence = ()) -> Manifest:
     """Assign every sample to train/val/test; see the module docstring for the guarantees.
 
     ``near_duplicate_groups``: groups of sample paths to keep together (``AuditReport.duplicate_groups``);
     None computes them from the stored perceptual hashes (``near_duplicate_distance``, default the
     audit's), ``()`` keeps only exact duplicates and CSV groups together. ``respect_given_splits=False``
-    re-splits data that came with splits. The same inputs and seed give an identical manifest.
+    re-splits data that came with splits. ``related``: ``core.related.RelatedGroups`` (views of one object,
+    ...) whose groups are kept together too, and recorded in the manifest. The same inputs and seed give an
+    identical manifest.
     """
     ratios = _check_ratios(ratios)
     samples = tuple(sorted(dataset.samples, key=lambda s: s.path))
@@ -197,7 +205,7 @@ def split_dataset(dataset: Dataset, ratios: Sequence[float] = (0.7, 0.15, 0.15),
 
         distance = NEAR_DUPLICATE_DISTANCE if near_duplicate_distance is None else near_duplicate_distance
         near_duplicate_groups = find_duplicate_groups(dataset, distance)
-    units = _units(samples, near_duplicate_groups)
+    units = _units(samples, [*near_duplicate_groups, *(g for r in related for g in r.groups)])
     warnings: list[str] = []
     given = respect_given_splits and any(s.split is not None for s in samples)
     split_of: dict[str, str] = {}
@@ -244,7 +252,8 @@ def split_dataset(dataset: Dataset, ratios: Sequence[float] = (0.7, 0.15, 0.15),
 
     rows = tuple(ManifestRow(s.path, s.sha256, s.label, split_of[s.path]) for s in samples)
     warnings += _coverage_warnings(rows, ratios)
-    return Manifest(dataset.dataset_id, dataset.root, seed, ratios, rows, tuple(warnings))
+    return Manifest(dataset.dataset_id, dataset.root, seed, ratios, rows, tuple(warnings),
+                    tuple(r.to_dict() for r in related))
 
 
 def _coverage_warnings(rows: Sequence[ManifestRow], ratios: Sequence[float]) -> list[str]:

@@ -121,6 +121,27 @@ if overview.pairs:
         a.image(pair.a, caption=f"{pair.label_a} · {pair.split_a} · {os.path.basename(pair.a)}", width=120)
         b.image(pair.b, caption=f"{pair.label_b} · {pair.split_b} · {os.path.basename(pair.b)}", width=120)
 
+found = [g for g in (overview.manifest.grouping if overview.manifest else ()) if g.get("groups")]
+if found or overview.related or ui.current_config().group_by == "none":
+    st.subheader("Related images, kept in one split")
+    st.caption("Different pictures of one thing (views of an object, one patient, one part). If training sees one "
+               "and validation another, validation scores memory, not generalisation. A CSV 'group' column always "
+               "wins; otherwise they are inferred from file names and from how alike the images look.")
+    for g in found:
+        st.markdown(f"**{g['images']:,} images in {g['groups']:,} groups** "
+                    f"({'file names' if g['source'] == 'names' else 'image similarity' if g['source'] == 'embeddings' else 'your groups'}): "
+                    f"{g['rule']}.")
+    for example in overview.related[:6]:
+        st.image(list(example.paths)[:6], width=96,
+                 caption=[f"{example.label} · {example.split} · {os.path.basename(p)}" for p in example.paths[:6]])
+    grouped = ui.current_config().group_by != "none"
+    choice = st.toggle("Split by these groups", value=grouped,
+                       help="On: each group stays within one split (recommended). Off: only exact and near "
+                            "duplicates and the CSV's own groups are kept together.")
+    if choice != grouped:
+        ui.update_config(group_by="auto" if choice else "none")
+        st.rerun()
+
 st.subheader("Augmentation preview")
 st.caption("Random crops, flips and colour changes the training will apply, so the model learns the class rather "
            "than the exact pixels. Change them on the Configure page.")

@@ -134,6 +134,15 @@ def current_config() -> TrainConfig:
     return config.replace(model=current_model(), checkpoint_path=ckpt["path"] if ckpt else None)
 
 
+def update_config(**changes: Any) -> None:
+    """Change settings of the current config from another page (the Configure page's widgets follow)."""
+    config = current_config().replace(**changes)
+    st.session_state[CONFIG] = config.to_dict()
+    for key, value in changes.items():
+        if f"cfg.{key}" in st.session_state:
+            st.session_state[f"cfg.{key}"] = value
+
+
 def seed(key: str, value: Any) -> None:
     """Give a keyed widget its value when it has none (first visit, or after Streamlit dropped the state
     of a widget on another page)."""
@@ -181,13 +190,13 @@ def config_from_widgets(base: TrainConfig) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
-@st.cache_data(max_entries=8, show_spinner="Splitting and auditing the dataset…")
+@st.cache_data(max_entries=8, show_spinner="Splitting and auditing the dataset (and looking for related images)…")
 def _overview(root: str, dataset_id: str, model: str, image_size: int | None, val_fraction: float,
-              test_fraction: float, seed: int):
+              test_fraction: float, seed: int, group_by: str = "auto"):
     from core.overview import dataset_overview
 
     config = TrainConfig(model=model, image_size=image_size, val_fraction=val_fraction,
-                         test_fraction=test_fraction, seed=seed)
+                         test_fraction=test_fraction, seed=seed, group_by=group_by)
     return dataset_overview(dataset_id, root, config)
 
 
@@ -198,7 +207,7 @@ def current_overview():
         return None
     c = current_config()
     return attempt("Reading the dataset", _overview, workspace().root, dataset_id, c.model, c.image_size,
-                   c.val_fraction, c.test_fraction, c.seed)
+                   c.val_fraction, c.test_fraction, c.seed, c.group_by)
 
 
 def estimate(config: TrainConfig, overview):

@@ -130,7 +130,9 @@ def test_bakeoff_cli_ranks_pretrained_weights_above_random_ones(faces_dir, tmp_p
     first, second = result["candidates"]
     assert (first["name"], second["name"]) == ("efficientnet_lite0", "efficientnet_lite0:random")
     assert first["pretrained"] and not second["pretrained"] and second["weights_source"] == "random-init"
-    assert first["linear"]["accuracy"] > 0.9 and first["linear"]["accuracy"] > second["linear"]["accuracy"] + 0.05
+    # 0.85, not 0.9: the three variants of each face (NNN_0/1/2.png) are now kept in one split (core.related),
+    # so no mirrored copy of a test face is trained on any more
+    assert first["linear"]["accuracy"] > 0.85 and first["linear"]["accuracy"] > second["linear"]["accuracy"] + 0.05
     assert result["recommendation"] == "efficientnet_lite0"
     assert first["parameters"] == second["parameters"] > 3_000_000
     for c in (first, second):
