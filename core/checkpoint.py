@@ -41,6 +41,15 @@ def save_model(model: torch.nn.Module, path: str, meta: dict[str, Any]) -> str:
     return path
 
 
+def copy_model(src: str, dst: str) -> str:
+    """Copy a saved model (weights and its JSON) to another name, each file atomically."""
+    import shutil
+
+    for a, b in ((src, dst), (os.path.splitext(src)[0] + ".json", os.path.splitext(dst)[0] + ".json")):
+        _atomic(b, lambda tmp, a=a: shutil.copyfile(a, tmp))
+    return dst
+
+
 def read_meta(weights_path: str) -> dict[str, Any]:
     with open(os.path.splitext(weights_path)[0] + ".json") as f:
         return json.load(f)

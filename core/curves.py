@@ -94,6 +94,24 @@ def _frame(points: list[tuple]) -> pd.DataFrame:
     return frame.sort_values(["series", "x"], kind="stable").reset_index(drop=True)
 
 
+def gradient_frame(rows: Sequence[Mapping[str, Any]], spe: float | None = None) -> pd.DataFrame:
+    """Per-group gradient statistics (core.gradients) as a tidy table: x (epochs, or steps when `spe` is
+    unknown), group, grad_norm, update_ratio; groups in forward order, the head last."""
+    points = []
+    for row in rows:
+        x = row["step"] / spe if spe else row["step"]
+        for key, value in row.items():
+            if key.startswith("update_ratio/"):
+                group = key.split("/", 1)[1]
+                points.append((x, group, row.get(f"grad_norm/{group}", 0.0), value))
+    frame = pd.DataFrame(points, columns=["x", "group", "grad_norm", "update_ratio"])
+    if frame.empty:
+        return frame
+    order = frame.group.map(lambda g: 10**6 if g == "head" else int(g[5:]) if g[5:].isdigit() else -1)
+    return frame.assign(_order=order).sort_values(["_order", "x"], kind="stable").drop(columns="_order") \
+        .reset_index(drop=True)
+
+
 def snapshot_curves(snapshot) -> RunCurves:
     """Curves of a core.jobs.JobSnapshot."""
     return run_curves(snapshot.epochs, snapshot.steps, snapshot.baseline, snapshot.total_steps,

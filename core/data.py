@@ -53,7 +53,8 @@ class SplitData:
 
     def describe(self) -> dict:
         return {"source": self.source, "dataset_id": self.dataset_id, "classes": list(self.classes),
-                "train": len(self.train), "val": len(self.val), "test": len(self.test)}
+                "train": len(self.train), "val": len(self.val), "test": len(self.test),
+                "train_class_counts": dict(zip(self.classes, self.class_counts()))}
 
 
 def from_manifest(manifest, source: str = "") -> SplitData:

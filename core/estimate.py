@@ -217,7 +217,8 @@ def estimate_run(config: TrainConfig, train_images: int, val_images: int, test_i
 
 def _epoch_seconds(train_s: float, eval_s: float, train_images: int, val_images: int, steps: int,
                    config: TrainConfig) -> float:
-    validations = 1 + (steps // config.val_every_batches if config.val_every_batches else 0)
+    every = config.val_interval(steps)
+    validations = 1 + (steps // every if every else 0)
     return train_s * train_images + eval_s * val_images * validations
 
 

@@ -52,6 +52,13 @@ class Validated(Event):
 
 
 @dataclass(frozen=True)
+class GradientStats(Event):
+    epoch: int
+    step: int
+    stats: dict[str, float]  # grad_norm/<group>, update_ratio/<group> for every trunk group and the head
+
+
+@dataclass(frozen=True)
 class EpochEnd(Event):
     epoch: int
     step: int
@@ -66,6 +73,11 @@ class StageChanged(Event):
     frozen_groups: int
     reverted: bool  # the previous stage made validation worse and was rolled back
     message: str
+
+
+@dataclass(frozen=True)
+class Note(Event):
+    message: str  # what the run is doing between epochs (a cross-validated check, ...), for the progress line
 
 
 @dataclass(frozen=True)

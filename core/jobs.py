@@ -14,7 +14,8 @@ from typing import Any
 
 from .config import TrainConfig
 from .data import SplitData
-from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, RunStarted, StageChanged, Validated
+from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, GradientStats, Note, RunStarted, \
+    StageChanged, Validated
 from .runs import execute_run, new_run, run_inputs
 from .store import RunStore
 from .tasks import TaskManager
@@ -32,11 +33,15 @@ class JobSnapshot:
     eta_seconds: float | None = None
     stage: int = 0
     stage_message: str = ""
+    note: str = ""  # what the run does between epochs (a cross-validated check, ...)
     images_per_s: float = 0.0
     device: str = ""
     baseline: dict[str, float] = field(default_factory=dict)
     epochs: tuple[dict[str, Any], ...] = ()  # per-epoch metrics
     steps: tuple[dict[str, Any], ...] = ()  # per-step loss and lrs (thinned for long runs)
+    gradients: tuple[dict[str, Any], ...] = ()  # per-group gradient norm and update ratio (core.gradients)
+    frozen_groups: int = 0
+    layer_groups: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     error_traceback: str = ""
@@ -148,7 +153,8 @@ class JobManager:
             s = job.snapshot
             if isinstance(event, RunStarted):
                 s = replace(s, status="stopping" if job.stop.is_set() else "running", device=event.device,
-                            total_epochs=event.total_epochs,
+                            total_epochs=event.total_epochs, frozen_groups=event.frozen_groups,
+                            layer_groups=event.layer_groups,
                             total_steps=event.total_epochs * event.steps_per_epoch, started=time.time())
             elif isinstance(event, BaselineDone):
                 s = replace(s, baseline=dict(event.metrics))
@@ -170,10 +176,15 @@ class JobManager:
                             eta_seconds=eta, images_per_s=event.images_per_s)
             elif isinstance(event, Validated):
                 s = replace(s, steps=s.steps + ({"step": event.step, "epoch": event.epoch, **event.metrics},))
+            elif isinstance(event, GradientStats):
+                gradients = s.gradients + ({"step": event.step, "epoch": event.epoch, **event.stats},)
+                s = replace(s, gradients=gradients[::2] if len(gradients) > MAX_STEP_POINTS else gradients)
             elif isinstance(event, EpochEnd):
                 s = replace(s, epoch=event.epoch, epochs=s.epochs + ({"epoch": event.epoch, **event.metrics},))
             elif isinstance(event, StageChanged):
                 s = replace(s, stage=event.stage, stage_message=event.message)
+            elif isinstance(event, Note):
+                s = replace(s, note=event.message)
             elif isinstance(event, Finished):
                 s = replace(s, status=event.status, summary=dict(event.summary), progress=1.0, eta_seconds=0.0)
             elif isinstance(event, Failed):
@@ -188,12 +199,19 @@ class JobManager:
         steps = tuple(sorted(self.store.metrics(run_id, "step") + self.store.metrics(run_id, "val"),
                              key=lambda row: (row["step"], "val_loss" in row)))
         baseline = self.store.metrics(run_id, "baseline")
+        gradients = tuple(self.store.metrics(run_id, "grad"))
+        setup = (self.store.metrics(run_id, "setup") or [{}])[-1]
+        stages = self.store.metrics(run_id, "stage")
         status = run["status"]
         if status in ("queued", "running") and run_id not in self._jobs:
             status = "interrupted"  # the process that ran it is gone: resume it from its last checkpoint
         return JobSnapshot(run_id, status, epoch=epochs[-1]["epoch"] if epochs else 0,
                            step=steps[-1]["step"] if steps else 0,
-                           epochs=epochs, steps=steps, summary=run["summary"], error=run["error"] or "",
+                           epochs=epochs, steps=steps, gradients=gradients, summary=run["summary"],
+                           error=run["error"] or "",
+                           frozen_groups=int(stages[-1]["frozen_groups"] if stages else setup.get("frozen_groups", 0)),
+                           layer_groups=int(setup.get("layer_groups", 0)),
+                           total_epochs=int(setup.get("total_epochs", 0)),
                            baseline={k: v for k, v in (baseline[0] if baseline else {}).items()
                                      if k not in ("epoch", "step", "time")},
                            progress=1.0 if status in ("completed", "early_stopped") else 0.0)

@@ -81,16 +81,18 @@ class TransferModel(nn.Module):
         return self
 
     # --- optimisation
-    def param_groups(self, lr: float, lr_decay: float) -> list[dict]:
-        """Head and adapter at `lr`; trainable trunk group k below them at lr * lr_decay**(k+1)."""
+    def param_groups(self, lr: float, lr_decay: float, trunk_lr_ratio: float | None = None) -> list[dict]:
+        """Head and adapter at `lr`; the k-th trainable trunk group below them (k = 0, 1, ...) at
+        lr * trunk_lr_ratio * lr_decay**k (trunk_lr_ratio defaults to lr_decay: lr * lr_decay**(k+1))."""
+        ratio = lr_decay if trunk_lr_ratio is None else trunk_lr_ratio
         groups = [{"name": "head", "params": list(self.head.parameters()) + list(self.adapter.parameters()),
                    "lr": lr}]
         depth = 0
         for i in reversed(range(self.frozen_groups, len(self.groups))):
-            depth += 1
             params = [p for m in self.group_modules(i) for p in m.parameters() if p.requires_grad]
             if params:
-                groups.append({"name": f"group{i}", "params": params, "lr": lr * lr_decay ** depth})
+                groups.append({"name": f"group{i}", "params": params, "lr": lr * ratio * lr_decay ** depth})
+            depth += 1
         return groups
 
     def group_summary(self) -> list[dict]:

@@ -38,6 +38,7 @@ from .evaluate import EvaluationError, Predictions, RunEvaluation, best_checkpoi
 from .impact import CostError, CostModel, ModelCost, cost_model, error_costs
 from .latency import DeploymentProfile
 from .robustness import DriftResult, RobustnessResult
+from .outcome import PROBE
 from .stats import McNemarResult, mcnemar
 
 FINE_TUNED = "fine-tuned"
@@ -138,6 +139,9 @@ class EvaluationReport:
     # model name -> predicted class of each evaluated image (evaluation.y_true's order): the costs and any
     # paired test are recomputed from these without running a model again
     predictions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    run_outcome: dict[str, Any] = field(default_factory=dict)  # the run's own verdict against its probe
+    advice: tuple[dict[str, Any], ...] = ()  # core.advisor, from the run's curves and settings
+    adaptation: str = ""  # core.gradients: which layer groups carried the adaptation
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,8 +195,12 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     pred = Predictions(classes, tuple(paths), y_true, probs)
     recorded = recorded_baseline(store, run_id, split_name) if not options.data else {}
     evaluation = summarize(pred, run_id, split_name, recorded, n_boot=options.n_boot, seed=options.seed)
+    summary = store.get_run(run_id)["summary"] or {}
+    outcome = summary.get("outcome") or {}
+    kept_probe = outcome.get("kept") == PROBE or meta.get("kept") == PROBE
     scores = [_score(FINE_TUNED, FINE_TUNED, evaluation, time.time() - t0,
-                     f"{meta['architecture_name']} fine-tuned (run {run_id})")]
+                     f"the run's kept model: its linear probe (fine-tuning did not beat it on validation), run "
+                     f"{run_id}" if kept_probe else f"{meta['architecture_name']} fine-tuned (run {run_id})")]
     predicted = {FINE_TUNED: pred.y_pred}
     progress(f"fine-tuned: accuracy {evaluation.metrics['accuracy']:.4f}")
 
@@ -246,7 +254,9 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
             add("from scratch", described["from scratch"], scratch)
 
     # 4. the verdict: did fine-tuning beat the best baseline, beyond chance on these images?
-    comparison, helped, verdict = _verdict(scores, predicted, y_true)
+    comparison, helped, verdict = _verdict(scores, predicted, y_true, kept_probe)
+    if outcome.get("sentence"):
+        notes.append(f"the run's own check against its probe: {outcome['sentence']}")
 
     # 5. deployment, robustness, drift, costs
     deployment = None
@@ -269,7 +279,9 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     report = EvaluationReport(run_id, meta["architecture_name"], split_name, classes, _device_text(device),
                               evaluation, tuple(scores), comparison, helped, verdict, deployment, robustness,
                               drift_result, (), options, tuple(notes), time.time() - started,
-                              predictions={name: tuple(int(v) for v in p) for name, p in predicted.items()})
+                              predictions={name: tuple(int(v) for v in p) for name, p in predicted.items()},
+                              run_outcome=outcome, advice=tuple(summary.get("advice", ())),
+                              adaptation=summary.get("adaptation", ""))
     return with_costs(report, options.costs)
 
 
@@ -296,9 +308,20 @@ def _score(name: str, kind: str, ev: RunEvaluation, seconds: float, description:
     return ModelScore(name, kind, dict(ev.metrics), dict(ev.intervals), seconds, description)
 
 
-def _verdict(scores: Sequence[ModelScore], predicted: dict[str, np.ndarray], y_true: np.ndarray
-             ) -> tuple[McNemarResult | None, bool | None, str]:
+def _verdict(scores: Sequence[ModelScore], predicted: dict[str, np.ndarray], y_true: np.ndarray,
+             kept_probe: bool = False) -> tuple[McNemarResult | None, bool | None, str]:
     baselines = [s for s in scores if s.kind == "baseline"]
+    if kept_probe:
+        others = [s for s in baselines if s.name != "linear probe"]
+        text = ("Fine-tuning did not help: it did not beat the linear probe on validation, so the run's saved model "
+                f"is the probe itself (test accuracy {scores[0].metrics['accuracy']:.1%}).")
+        if others:
+            best = max(others, key=lambda s: (s.metrics["accuracy"], s.metrics["macro_f1"]))
+            test = mcnemar(y_true, predicted[FINE_TUNED], predicted[best.name], FINE_TUNED, best.name)
+            text += (f" Against the best other baseline ({best.name}, {best.metrics['accuracy']:.1%}): McNemar "
+                     f"{test.method}, p = {test.p_value:.3g} on {len(y_true)} test images.")
+            return test, False, text
+        return None, False, text
     if not baselines:
         return None, None, "No baselines were computed, so there is nothing to say whether fine-tuning helped."
     ft = scores[0]
@@ -513,6 +536,11 @@ def render_html(report: EvaluationReport) -> str:
              f'<p class="verdict"><strong>{html.escape(report.verdict)}</strong></p>']
     if report.notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    if report.advice or report.adaptation:
+        parts.append("<h2>What the training curves say</h2><ul>" + "".join(
+            f"<li><strong>{html.escape(a['code'].replace('_', ' '))}</strong>: {html.escape(a['message'])}. "
+            f"{html.escape(a['action'])}</li>" for a in report.advice)
+            + (f"<li>{html.escape(report.adaptation)}</li>" if report.adaptation else "") + "</ul>")
     parts.append("<h2>Fine-tuned model and baselines</h2>")
     rows = model_rows(report)
     parts.append(_table(list(rows[0]), [list(r.values()) for r in rows], "models"))

@@ -37,7 +37,24 @@ def prepare_data(source: str, config: TrainConfig, workspace_dir: str):
     if dataset.has_given_splits and not any(s.split == "test" for s in dataset.samples):
         test = 0.0
     ratios = (1.0 - config.val_fraction - test, config.val_fraction, test)
-    return split_dataset(dataset, ratios, seed=config.seed)
+    return split_dataset(dataset, ratios, seed=config.seed, related=related_images(dataset, config.group_by))
+
+
+def related_images(dataset, group_by: str = "auto", device: str = "auto"):
+    """Related images in a stored dataset (core.related), embeddings cached beside its files."""
+    from .embeddings import cached_embeddings
+    from .related import EMBEDDING_MODEL, EMBEDDING_SIZE, find_related
+    from .train import resolve_device
+
+    samples = dataset.samples
+    paths = [s.path for s in samples]
+
+    def embed():
+        return cached_embeddings(dataset.root, [s.sha256 for s in samples],
+                                 [str(dataset.path_of(s)) for s in samples], EMBEDDING_MODEL, EMBEDDING_SIZE, device)
+
+    return find_related(paths, [s.label for s in samples], any(s.group for s in samples), group_by, embed,
+                        resolve_device(device).type == "cuda")
 
 
 def load_data(source: str, config: TrainConfig, workspace_dir: str) -> SplitData:
@@ -73,7 +90,37 @@ def execute_run(store: RunStore, run_id: str, config: TrainConfig, data: SplitDa
         dispatcher.add(WandbTracker(config.wandb_project, run_dir))
     if config.tensorboard:
         dispatcher.add(TensorBoardTracker(os.path.join(run_dir, "tensorboard")))
-    return Trainer(run_id, config, data, run_dir, dispatcher, should_stop).run(resume=resume)
+    return Trainer(run_id, config, data, run_dir, dispatcher, should_stop,
+                   second_opinion(run_dir, config, data, should_stop)).run(resume=resume)
+
+
+def second_opinion(run_dir: str, config: TrainConfig, data: SplitData, should_stop: Callable[[], bool] = lambda: False):
+    """The Trainer's `second_opinion`: a K-fold check (core.crossval) over the run's own split units."""
+    def check(epochs: int, progress: Callable[[str], None]):
+        from .crossval import crossval_check
+
+        return crossval_check(config, data, epochs, os.path.join(run_dir, "crossval"), _unit_of(run_dir, config, data),
+                              config.crossval_folds, should_stop, progress)
+
+    return check
+
+
+def _unit_of(run_dir: str, config: TrainConfig, data: SplitData) -> Callable[[str], int]:
+    """Image path -> the unit the run's split kept together (duplicates, related images), so folds keep them
+    together too; every image its own unit when the run has no manifest."""
+    from .audit import find_duplicate_groups
+    from .ingest import load_dataset_dir
+    from .splits import read_manifest, unit_ids
+
+    path = os.path.join(run_dir, MANIFEST_FILE)
+    if not os.path.exists(path):
+        return lambda p: hash(p)
+    manifest = read_manifest(path)
+    dataset = load_dataset_dir(manifest.root)
+    groups = [*find_duplicate_groups(dataset), *(g for r in related_images(dataset, config.group_by) for g in r.groups)]
+    units = unit_ids(dataset.samples, groups)
+    ids = {str(manifest.path_of(r)): units.get(r.path, -1 - i) for i, r in enumerate(manifest.rows)}
+    return lambda p: ids.get(p, hash(p))
 
 
 def new_run(store: RunStore, config: TrainConfig, data: str | SplitData, workspace_dir: str | None = None

@@ -23,11 +23,21 @@ def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, schedule: s
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, steps_per_epoch: int,
-                   warmup_epochs: float, step_epochs: int, plateau_patience: int):
-    """A per-step LambdaLR, and for 'plateau' also a ReduceLROnPlateau to step with the val loss."""
+                   warmup_epochs: float, step_epochs: int, plateau_patience: int, head_only_steps: int = 0):
+    """A per-step LambdaLR, and for 'plateau' also a ReduceLROnPlateau to step with the val loss.
+
+    `head_only_steps`: the trunk's groups (every group but the first, the head's) stay at lr 0 for this many
+    steps, so a fresh head learns from features it cannot yet damage (head warm-up).
+    """
     if schedule == "plateau":  # a LambdaLR would reset the reduced lrs every step, so it gets none
         return None, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                                 patience=plateau_patience)
-    per_step = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total_steps, steps_per_epoch, schedule, warmup_epochs, step_epochs))
-    return per_step, None
+
+    def head(s: int) -> float:
+        return lr_multiplier(s, total_steps, steps_per_epoch, schedule, warmup_epochs, step_epochs)
+
+    def trunk(s: int) -> float:
+        return 0.0 if s < head_only_steps else head(s)
+
+    lambdas = [head] + [trunk] * (len(optimizer.param_groups) - 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas), None

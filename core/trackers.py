@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, RunStarted, StageChanged, Validated
+from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, GradientStats, Note, RunStarted, \
+    StageChanged, Validated
 from .store import RunStore
 
 
@@ -27,6 +28,9 @@ class StoreTracker:
             s.update_run(event.run_id, status="running", error=None)
             if event.resumed_at_step is not None:  # steps after the checkpoint are about to be redone
                 s.truncate_metrics(event.run_id, event.resumed_at_step)
+            s.log_metrics(event.run_id, "setup", 0, 0, {
+                "device": event.device, "total_epochs": event.total_epochs, "steps_per_epoch": event.steps_per_epoch,
+                "layer_groups": event.layer_groups, "frozen_groups": event.frozen_groups})
         elif isinstance(event, BaselineDone):
             s.log_metrics(event.run_id, "baseline", 0, 0, event.metrics)
         elif isinstance(event, BatchEnd):
@@ -37,6 +41,8 @@ class StoreTracker:
         elif isinstance(event, Validated):
             self.flush(event.run_id)
             s.log_metrics(event.run_id, "val", event.epoch, event.step, event.metrics)
+        elif isinstance(event, GradientStats):
+            s.log_metrics(event.run_id, "grad", event.epoch, event.step, event.stats)
         elif isinstance(event, EpochEnd):
             self.flush(event.run_id)
             s.log_metrics(event.run_id, "epoch", event.epoch, event.step, event.metrics)
@@ -81,10 +87,17 @@ class ConsoleProgress:
             keys = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_seconds")
             w(f"\repoch {event.epoch}: " + _fmt({k: event.metrics[k] for k in keys if k in event.metrics})
               + (" *" if event.improved else "") + "\n")
-        elif isinstance(event, StageChanged):
+        elif isinstance(event, (StageChanged, Note)):
             w(event.message + "\n")
         elif isinstance(event, Finished):
             w(f"{event.status}: " + _fmt(event.summary["metrics"]) + "\n")
+            outcome = event.summary.get("outcome") or {}
+            if outcome.get("sentence"):
+                w(outcome["sentence"] + "\n")
+            for advice in event.summary.get("advice", ()):
+                w(f"{advice['severity'].upper()} [{advice['code']}] {advice['message']}. {advice['action']}\n")
+            if event.summary.get("adaptation"):
+                w(event.summary["adaptation"] + "\n")
         elif isinstance(event, Failed):
             w(f"\nfailed: {event.message}\n")
         self.stream.flush()

@@ -19,15 +19,18 @@ import torch
 
 from .augment import augment_batch
 from .backbones import load_backbone
-from .checkpoint import load_train_state, rng_state, save_model, save_train_state, set_rng_state
+from .checkpoint import copy_model, load_train_state, rng_state, save_model, save_train_state, set_rng_state
 from .config import TrainConfig
 from .data import BatchSource, SplitData, cache_bytes, memory_budget
-from .events import BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finished, RunStarted, StageChanged, \
-    Validated
+from .events import BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finished, GradientStats, Note, RunStarted, \
+    StageChanged, Validated
+from .advisor import advise_run
+from .gradients import POINTS_PER_EPOCH, GradientMonitor, adaptation_summary
 from .losses import make_loss
 from .metrics import classification_metrics
 from .model import TransferModel
-from .probe import extract_features, fit_linear_head, linear_probe, recalibrate_batchnorm
+from .outcome import FINE_TUNED, PROBE, SMALL_VAL_PER_CLASS, Outcome, choose, compare
+from .probe import extract_augmented_features, extract_features, fit_linear_head, linear_probe, recalibrate_batchnorm
 from .schedules import make_scheduler
 
 COMPILE_MIN_STEPS = 1500  # below this, torch.compile's 16-40 s warm-up costs more than it saves
@@ -86,19 +89,53 @@ class LoopState:
     step: int = 0  # optimizer steps taken
     stage: int = 0
     epoch_in_stage: int = 0
-    best_epoch: int = -1
-    best_score: list[float] = field(default_factory=list)  # monitor_score of the best checkpoint; [] = none yet
+    best_epoch: int = -1  # the best fine-tuning epoch (>= 1) so far; -1: none yet
+    best_score: list[float] = field(default_factory=list)  # its monitor_score; [] = none yet
+    best_val_pred: list[int] = field(default_factory=list)  # its predictions on the val images
+    probe_score: list[float] = field(default_factory=list)  # epoch 0, the linear probe
+    probe_val_pred: list[int] = field(default_factory=list)
+    kept: str = PROBE  # what best.safetensors holds now: the probe or the best fine-tuning epoch
+    kept_rule: str = ""  # the rule that decided it, in words
     stage_start_score: list[float] = field(default_factory=list)
     bad_epochs: int = 0  # fine-tuning epochs since validation last improved on `patience_score`
     patience_score: list[float] = field(default_factory=list)
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    gradients: list[dict[str, float]] = field(default_factory=list)  # core.gradients rows (thinned to 400)
 
 
 def monitor_score(metrics: dict[str, float], monitor: str) -> list[float]:
     """Higher is better: the monitored metric, then the negated val loss to break ties."""
     loss = metrics["val_loss"]
     return [-loss] if monitor == "val_loss" else [metrics[monitor], -loss]
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a shuffled copy of itself.
+
+    Returns (images, the second label of each image, the first label's share lam). lam is 1.0 (nothing
+    mixed) when both are off. With both on, each batch takes one of the two at random. Draws come from
+    `generator`, so a resumed epoch mixes the same way.
+    """
+    if not (mixup or cutmix) or len(y) < 2:
+        return x, y, 1.0
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+    rng = np.random.default_rng(seed)
+    use_cutmix = bool(cutmix) and (not mixup or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.as_tensor(rng.permutation(len(y)), device=x.device)
+    if not use_cutmix:
+        return x * lam + x[perm] * (1 - lam), y[perm], lam
+    h, w = x.shape[-2:]
+    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+    top, bottom = max(0, cy - ch // 2), min(h, cy + ch // 2)
+    left, right = max(0, cx - cw // 2), min(w, cx + cw // 2)
+    x = x.clone()
+    x[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
+    return x, y[perm], 1.0 - (bottom - top) * (right - left) / (h * w)
 
 
 def better(score: list[float], than: list[float], tol: float = 1e-6) -> bool:
@@ -116,13 +153,18 @@ def better(score: list[float], than: list[float], tol: float = 1e-6) -> bool:
 # ------------------------------------------------------------------------------------------ the run
 class Trainer:
     def __init__(self, run_id: str, config: TrainConfig, data: SplitData, run_dir: str, dispatcher: Dispatcher,
-                 should_stop: Callable[[], bool] = lambda: False):
+                 should_stop: Callable[[], bool] = lambda: False, second_opinion: Callable | None = None):
+        """`second_opinion(epochs, progress)`: a check of fine-tuning against the probe on more images than the
+        validation split (core.crossval), asked only when a small validation split cannot tell them apart."""
         self.run_id, self.config, self.data, self.run_dir = run_id, config.validate(), data, run_dir
-        self.dispatcher, self.should_stop = dispatcher, should_stop
+        self.dispatcher, self.should_stop, self.second_opinion = dispatcher, should_stop, second_opinion
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.best_path = os.path.join(self.ckpt_dir, "best.safetensors")
         self.state_path = os.path.join(self.ckpt_dir, "last_state.pt")
         self.stage_path = os.path.join(self.ckpt_dir, "stage_start.safetensors")
+        self.probe_path = os.path.join(self.ckpt_dir, "probe.safetensors")  # epoch 0, the linear probe
+        self.tuned_path = os.path.join(self.ckpt_dir, "best_tuned.safetensors")  # the best fine-tuning epoch
+        self.fine_tuning, self.ema, self.anchor, self.l2sp_pairs = False, None, {}, []
 
     def emit(self, event) -> None:
         self.dispatcher.emit(event)
@@ -162,6 +204,7 @@ class Trainer:
         self.loss_fn = make_loss(cfg.loss, data.class_counts(), cfg.label_smoothing, cfg.focal_gamma).to(device)
         self.eval_loss = torch.nn.CrossEntropyLoss()  # comparable across runs whatever the training loss
         self.steps_per_epoch = self.train_src.num_batches(drop_last=True)
+        self.val_every = cfg.val_interval(self.steps_per_epoch)
         self.report_every = 1 if device.type == "cpu" else 10  # steps between loss reads (device syncs)
         total_epochs = cfg.epochs + cfg.unfreeze_stages * cfg.stage_epochs
         saved = load_train_state(self.state_path) if resume and os.path.exists(self.state_path) else None
@@ -172,6 +215,8 @@ class Trainer:
         # 2. baseline: frozen pretrained features + a fitted linear head. It is validated as "epoch 0" and
         #    kept as the first best checkpoint, so a run never ends worse (on val loss) than its baseline.
         self.forward = _maybe_compile(model, cfg, device, self.steps_per_epoch * total_epochs)
+        # L2-SP pulls trunk weights toward these (the pretrained ones), instead of weight decay toward zero
+        self.anchor = {name: p.detach().clone() for name, p in model.trunk.named_parameters()} if cfg.l2sp else {}
         state = LoopState()
         if saved is None:
             fresh_head = {k: v.clone() for k, v in model.head.state_dict().items()}
@@ -187,14 +232,22 @@ class Trainer:
             #    re-estimated statistics where trainable BatchNorm layers will normalise with batch statistics
             if cfg.head_init == "random":
                 model.head.load_state_dict(fresh_head)
+            elif cfg.head_init == "augmented_probe":
+                recalibrate_batchnorm(model, self.train_src, self.amp, cfg.channels_last)
+                x_train, y_train = extract_augmented_features(model, self.train_src, cfg.augment, cfg.probe_views,
+                                                              cfg.seed, self.amp, cfg.channels_last)
+                self._set_head(*fit_linear_head(x_train, y_train, len(data.classes), cfg.seed, device)[:2])
             elif recalibrate_batchnorm(model, self.train_src, self.amp, cfg.channels_last):
                 x_train, y_train = extract_features(model, self.train_src, self.amp, cfg.channels_last)
                 self._set_head(*fit_linear_head(x_train, y_train, len(data.classes), cfg.seed, device)[:2])
+            self.ema = self._new_ema()
         else:
             self._start_stage(0, restoring=True)
+            self.ema = self._new_ema()
             state = self._restore(saved)
 
         # 4. stages of epochs; a stage ends at its epoch budget or by early stopping
+        self.fine_tuning = True
         status = "completed"
         while True:
             stage_epochs = cfg.epochs if state.stage == 0 else cfg.stage_epochs
@@ -211,6 +264,7 @@ class Trainer:
                 status = "completed"
 
         # 5. final evaluation of the best model
+        self.fine_tuning = False
         return self._finish(state, status, time.time() - started)
 
     # --- stages ------------------------------------------------------------------------------------
@@ -219,17 +273,23 @@ class Trainer:
         cfg, model = self.config, self.model
         model.freeze_groups(self.stage_counts[stage])
         lr = cfg.lr if stage == 0 else cfg.lr / 10
-        groups = model.param_groups(lr, cfg.lr_decay)
+        groups = model.param_groups(lr, cfg.lr_decay, cfg.trunk_lr_ratio)
+        if cfg.l2sp:  # the trunk is pulled toward its pretrained weights (the loss's L2-SP term), not toward 0
+            for g in groups[1:]:
+                g["weight_decay"] = 0.0
+            self.l2sp_pairs = [(p, self.anchor[n]) for n, p in model.trunk.named_parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                              nesterov=True)
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
         epochs = cfg.epochs if stage == 0 else cfg.stage_epochs
+        head_only = int(cfg.head_warmup_epochs * self.steps_per_epoch) if stage == 0 else 0
         self.per_step, self.plateau = make_scheduler(self.optimizer, cfg.schedule, epochs * self.steps_per_epoch,
                                                      self.steps_per_epoch, cfg.warmup_epochs, cfg.step_epochs,
-                                                     cfg.plateau_patience)
+                                                     cfg.plateau_patience, head_only)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.gradients = GradientMonitor(model, self.steps_per_epoch // POINTS_PER_EPOCH) if cfg.grad_stats else None
         if stage > 0 and not restoring:
             save_model(model, self.stage_path, self._meta({}))
 
@@ -243,11 +303,12 @@ class Trainer:
             return False
         if state.stage + 1 >= len(self.stage_counts):
             return False
-        if os.path.exists(self.best_path):  # each stage starts from the best weights so far
-            self._load_weights(self.best_path)
+        if os.path.exists(self.tuned_path):  # each stage starts from the best fine-tuned weights so far
+            self._load_weights(self.tuned_path)
         state.stage, state.epoch_in_stage, state.bad_epochs = state.stage + 1, 0, 0
         state.stage_start_score = state.best_score
         self._start_stage(state.stage)
+        self.ema = self._new_ema()
         self.emit(StageChanged(self.run_id, state.stage, self.stage_counts[state.stage], False,
                                f"stage {state.stage}: {len(self.model.groups) - self.stage_counts[state.stage]} of "
                                f"{len(self.model.groups)} layer groups trainable, at lr/10"))
@@ -268,11 +329,16 @@ class Trainer:
             if self.should_stop():
                 return False
             x = augment_batch(images, cfg.augment, self.pre, aug_gen)
+            x, y_mix, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 logits = self.forward(x)
             loss = self.loss_fn(logits.float(), y)
+            if lam < 1.0:  # mixed images: each of the two labels weighted by its share of the picture
+                loss = lam * loss + (1 - lam) * self.loss_fn(logits.float(), y_mix)
+            if self.anchor:
+                loss = loss + self._l2sp_penalty()
             report = b % self.report_every == 0 or b == self.steps_per_epoch - 1
             if report:  # reading the loss waits for the device: on a GPU, only every few steps
                 loss_value = float(loss.detach())
@@ -283,10 +349,21 @@ class Trainer:
                         "the data.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            watch = self.gradients is not None and self.gradients.due(state.step)
+            if watch:
+                self.gradients.capture(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if watch:
+                stats = self.gradients.finish()
+                state.gradients.append({"step": state.step + 1, "epoch": state.epoch, **stats})
+                if len(state.gradients) > 400:
+                    state.gradients = state.gradients[::2]
+                self.emit(GradientStats(self.run_id, state.epoch, state.step + 1, stats))
             if self.per_step is not None:
                 self.per_step.step()
+            if self.ema is not None:
+                self.ema.update_parameters(model)
             state.step += 1
             losses.append(loss.detach())
             preds.append(logits.detach().argmax(1))
@@ -295,7 +372,7 @@ class Trainer:
             if report:
                 self.emit(BatchEnd(self.run_id, state.epoch, state.step, b, self.steps_per_epoch, loss_value,
                                    self._lrs(), seen / max(1e-9, time.time() - t0)))
-            if cfg.val_every_batches and state.step % cfg.val_every_batches == 0:
+            if self.val_every and state.step % self.val_every == 0:
                 self.emit(Validated(self.run_id, state.epoch, state.step, self._evaluate(self.val_src, "val_")))
                 model.train()
         # validation, schedules, checkpoints
@@ -311,28 +388,65 @@ class Trainer:
         return True
 
     def _close_epoch(self, state: LoopState, metrics: dict[str, float], started: float, count: bool = True) -> None:
-        """Decide on the monitored metric, checkpoint (best when it improved, full state always), report."""
+        """Decide on the monitored metric, checkpoint, report. Epoch 0 (count=False) is the probe.
+
+        probe.safetensors holds the probe, best_tuned.safetensors the best fine-tuning epoch, and
+        best.safetensors whichever of the two `core.outcome.choose` keeps: the model a run ends with.
+        """
         val_loss = metrics["val_loss"]
         if not math.isfinite(val_loss):
             raise TrainingFailed(f"the validation loss became {val_loss} at epoch {state.epoch}; the weights "
                                  "diverged. The best checkpoint was kept. Lower the learning rate.")
         metrics["stage"] = state.stage
         score = monitor_score(metrics, self.config.monitor)
-        improved = better(score, state.best_score)
-        if count:  # early stopping's patience counts fine-tuning epochs only, never against the baseline
+        saved = False
+        if not count:  # the linear probe
+            state.probe_score, state.probe_val_pred = score, [int(v) for v in self.val_pred]
+            state.kept, state.kept_rule = PROBE, "no fine-tuning epoch yet"
+            save_model(self.model, self.probe_path, self._meta({"epoch": 0, **_pick(metrics, "val_")}))
+            save_model(self.model, self.best_path, self._meta({"epoch": 0, **_pick(metrics, "val_")}))
+            saved = True
+        else:  # early stopping's patience counts fine-tuning epochs only, never against the baseline
             state.epoch += 1
             state.epoch_in_stage += 1
             if better(score, state.patience_score):
                 state.patience_score, state.bad_epochs = score, 0
             else:
                 state.bad_epochs += 1
-        if improved:
-            state.best_epoch, state.best_score = state.epoch, score
-            save_model(self.model, self.best_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
+            if better(score, state.best_score):
+                state.best_epoch, state.best_score = state.epoch, score
+                state.best_val_pred = [int(v) for v in self.val_pred]
+                save_model(self._scored(), self.tuned_path, self._meta({"epoch": state.epoch, **_pick(metrics, "val_")}))
+                improved_tuned = True
+            else:
+                improved_tuned = False
+            kept, state.kept_rule = choose(self.data.val.labels, state.probe_val_pred, state.best_val_pred,
+                                           better(state.best_score, state.probe_score), len(self.data.classes),
+                                           self.config.monitor, self.config.seed)
+            if kept != state.kept or (kept == FINE_TUNED and improved_tuned):
+                copy_model(self.tuned_path if kept == FINE_TUNED else self.probe_path, self.best_path)
+                saved = True
+            state.kept = kept
         self._save_state(state)
         metrics["epoch_seconds"] = time.time() - started
         state.history.append({"epoch": state.epoch, **metrics})
-        self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, improved, self.best_path))
+        self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, saved, self.best_path))
+
+    def _l2sp_penalty(self) -> torch.Tensor:
+        return 0.5 * self.config.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in self.l2sp_pairs)
+
+    def _new_ema(self):
+        """An exponential moving average of the weights (and BatchNorm statistics), or None when off."""
+        if not self.config.ema_epochs:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        decay = 0.5 ** (1.0 / max(1.0, self.config.ema_epochs * self.steps_per_epoch))
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def _scored(self) -> torch.nn.Module:
+        """The weights validation scores and the best checkpoint keeps: the EMA's while fine-tuning with one."""
+        return self.ema.module if self.ema is not None and self.fine_tuning else self.model
 
     def _set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         with torch.no_grad():
@@ -340,27 +454,43 @@ class Trainer:
             self.model.head.bias.copy_(bias.to(self.device))
 
     def _validate(self) -> dict[str, float]:
-        """The end-of-epoch validation that checkpoints, early stopping and stages decide on."""
-        return self._evaluate(self.val_src, "val_")
+        """The end-of-epoch validation that checkpoints, early stopping and stages decide on (its per-image
+        predictions are kept in `self.val_pred` for the probe-or-fine-tuned decision)."""
+        y_true, self.val_pred, loss = self._predict(self.val_src)
+        if not len(y_true):
+            return {}
+        return {"val_loss": loss, **classification_metrics(y_true, self.val_pred, len(self.data.classes), "val_")}
+
+    def _evaluate(self, source: BatchSource, prefix: str, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Metrics of `model` (default: the EMA weights while fine-tuning with EMA, else the model)."""
+        y_true, y_pred, loss = self._predict(source, model)
+        if not len(y_true):
+            return {}
+        return {f"{prefix}loss": loss, **classification_metrics(y_true, y_pred, len(self.data.classes), prefix)}
 
     @torch.inference_mode()
-    def _evaluate(self, source: BatchSource, prefix: str) -> dict[str, float]:
-        self.model.eval()
+    def _predict(self, source: BatchSource, model: torch.nn.Module | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(true labels, predicted labels, mean cross-entropy) of a split, at the evaluation crop."""
+        model = model or self._scored()
+        model.eval()
+        tta = self.config.tta and self.config.augment.hflip
         total_loss, preds, labels = 0.0, [], []
         for images, y in source.batches():
             x = self.pre.eval_input(images)
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                logits = self.model(x).float()
+                logits = model(x).float()
+                if tta:  # the mirror image's logits averaged in
+                    logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
             total_loss += float(self.eval_loss(logits, y)) * len(y)
             preds.append(logits.argmax(1).cpu())
             labels.append(y.cpu())
         if not labels:
-            return {}
-        y_true, y_pred = torch.cat(labels).numpy(), torch.cat(preds).numpy()
-        return {f"{prefix}loss": total_loss / len(y_true),
-                **classification_metrics(y_true, y_pred, len(self.data.classes), prefix)}
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), math.nan
+        y_true = torch.cat(labels).numpy()
+        return y_true, torch.cat(preds).numpy(), total_loss / len(y_true)
 
     # --- state, checkpoints, the end ---------------------------------------------------------------
     def _lrs(self) -> dict[str, float]:
@@ -379,6 +509,7 @@ class Trainer:
             "per_step": self.per_step.state_dict() if self.per_step else {},
             "plateau": self.plateau.state_dict() if self.plateau else {},
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
         })
 
     def _restore(self, saved: dict[str, Any]) -> LoopState:
@@ -393,6 +524,8 @@ class Trainer:
         if self.plateau is not None and saved["plateau"]:
             self.plateau.load_state_dict(saved["plateau"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved.get("ema"):
+            self.ema.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
         return state
 
@@ -401,20 +534,107 @@ class Trainer:
 
         self.model.load_state_dict(load_file(path, device=str(self.device)))
 
+    def _wise_ft(self, state: LoopState) -> float:
+        """WiSE-FT (Wortsman et al. 2022): the best weights mixed with the probe's, w = (1-a) w0 + a w1, the
+        share a chosen on validation (a=0 is the probe itself). Leaves the chosen mix loaded; returns a."""
+        from safetensors.torch import load_file
+
+        start = load_file(self.probe_path, device=str(self.device))
+        tuned = load_file(self.tuned_path, device=str(self.device))
+        best_alpha, best = 1.0, None
+        for alpha in WISE_FT_ALPHAS:
+            self.model.load_state_dict(_interpolate(start, tuned, alpha))
+            score = monitor_score(self._evaluate(self.val_src, "val_", self.model), self.config.monitor)
+            if best is None or better(score, best):
+                best_alpha, best = alpha, score
+        self.model.load_state_dict(_interpolate(start, tuned, best_alpha))
+        return best_alpha
+
+    def _outcome(self, state: LoopState, alpha: float | None) -> Outcome:
+        """The loaded (kept) model against the probe's weights, image by image on val and test."""
+        if alpha is not None:
+            kept = PROBE if alpha == 0.0 else FINE_TUNED if alpha == 1.0 else f"WiSE-FT mix (a={alpha:g})"
+            decided = (f"the WiSE-FT mix of the probe and the best fine-tuning epoch chosen on validation "
+                       f"{self.config.monitor.removeprefix('val_').replace('_', '-')} ({len(self.data.val)} images)")
+        else:
+            kept, decided = state.kept, state.kept_rule
+        notes = ()
+        if state.best_epoch > 0:
+            best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+            if "val_accuracy" in best:
+                notes = (f"the best fine-tuning epoch ({state.best_epoch} of {state.epoch}) scored "
+                         f"{best['val_accuracy']:.1%} validation accuracy",)
+        splits = [(name, src) for name, src in (("val", self.val_src), ("test", self.test_src)) if len(src)]
+        kept_preds = {name: self._predict(src, self.model)[:2] for name, src in splits}
+        if kept != PROBE and os.path.exists(self.probe_path):
+            final = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._load_weights(self.probe_path)
+            probe_preds = {name: self._predict(src, self.model)[1] for name, src in splits}
+            self.model.load_state_dict(final)
+        else:
+            probe_preds = {name: kept_preds[name][1] for name, _ in splits}
+        comparisons = tuple(c for c in (compare(name, *kept_preds[name], probe_preds[name], self.config.seed)
+                                        for name, _ in splits) if c is not None)
+        return Outcome(kept, state.best_epoch if kept != PROBE else 0, decided, comparisons, notes)
+
+    def _second_opinion(self, state: LoopState) -> None:
+        """A small validation split that cannot tell the best fine-tuning epoch from the probe: ask again on
+        more images (core.crossval), and keep what that says."""
+        if self.second_opinion is None or state.best_epoch <= 0 or not self.config.crossval_folds:
+            return
+        y_val = self.data.val.labels
+        if len(y_val) >= SMALL_VAL_PER_CLASS * len(self.data.classes):
+            return
+        c = compare("val", y_val, state.best_val_pred, state.probe_val_pred, self.config.seed)
+        if c is None or c.clear:
+            return
+        self.emit(Note(self.run_id, f"validation cannot tell the fine-tuned model from the probe ({c.n} images): "
+                                    f"a {self.config.crossval_folds}-fold check on train+val decides"))
+        check = self.second_opinion(state.best_epoch, lambda m: self.emit(Note(self.run_id, m)))
+        if check is None:
+            return
+        kept = FINE_TUNED if check.comparison.difference > 0 else PROBE
+        if kept != state.kept:
+            copy_model(self.tuned_path if kept == FINE_TUNED else self.probe_path, self.best_path)
+        state.kept, state.kept_rule = kept, check.describe()
+        self._save_state(state)
+
     def _finish(self, state: LoopState, status: str, seconds: float) -> dict[str, Any]:
+        if status != "stopped":
+            self._second_opinion(state)
         if os.path.exists(self.best_path):
             self._load_weights(self.best_path)
+        extra: dict[str, Any] = {}
+        if self.config.wise_ft and status != "stopped" and state.best_epoch > 0 and os.path.exists(self.tuned_path):
+            extra["wise_ft_alpha"] = self._wise_ft(state)
         metrics = {**self._evaluate(self.val_src, "val_"), **self._evaluate(self.test_src, "test_")}
+        outcome = self._outcome(state, extra.get("wise_ft_alpha"))
+        cfg_dict, counts = self.config.to_dict(), dict(zip(self.data.classes, self.data.class_counts()))
         summary = {"run_id": self.run_id, "status": status,
                    "best_checkpoint": self.best_path if os.path.exists(self.best_path) else None,
-                   "best_epoch": state.best_epoch, "epochs_run": state.epoch, "steps": state.step,
+                   "best_epoch": outcome.best_epoch, "best_tuned_epoch": state.best_epoch,
+                   "epochs_run": state.epoch, "steps": state.step,
                    "stage": state.stage, "metrics": metrics, "baseline": state.baseline,
                    "device": _device_name(self.device), "seconds": round(seconds, 2),
-                   "cached": self.train_src.images is not None}
+                   "cached": self.train_src.images is not None, "outcome": outcome.to_dict(),
+                   "advice": [a.to_dict() for a in advise_run(state.history, cfg_dict, counts, finished=True,
+                                                                   kept=outcome.kept)],
+                   "adaptation": adaptation_summary(state.gradients, self.model.frozen_groups,
+                                                    len(self.model.groups), self.config.freeze_ratio)["sentence"],
+                   "layer_groups": len(self.model.groups), "frozen_groups": self.model.frozen_groups, **extra}
         if status != "stopped" and summary["best_checkpoint"]:
-            save_model(self.model, self.best_path, self._meta({"epoch": state.best_epoch, **metrics}))
+            save_model(self.model, self.best_path, self._meta({"epoch": outcome.best_epoch, "kept": outcome.kept,
+                                                               **metrics, **extra}))
         self.emit(Finished(self.run_id, status, summary))
         return summary
+
+
+WISE_FT_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # from the fine-tuned end: ties keep more of it
+
+
+def _interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * start + alpha * end for every floating tensor; counters (BatchNorm's) from `end`."""
+    return {k: torch.lerp(start[k], v, alpha) if v.is_floating_point() else v for k, v in end.items()}
 
 
 def _pick(metrics: dict[str, float], prefix: str) -> dict[str, float]:

@@ -36,6 +36,24 @@ def curves_figure(frame: pd.DataFrame, title: str, y_title: str, x_title: str = 
     return fig
 
 
+def gradient_figure(frame: pd.DataFrame, x_title: str = "epoch") -> go.Figure:
+    """Layer groups (input side at the bottom, the head on top) x time, coloured by the update-to-weight
+    ratio per step on a log scale; frozen groups (ratio 0) stay blank."""
+    import numpy as np
+
+    wide = frame.pivot_table(index="group", columns="x", values="update_ratio", sort=False)
+    z = np.log10(wide.where(wide > 0).to_numpy(dtype=float))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"{x:.2f}" for x in wide.columns], y=list(wide.index), colorscale="Viridis", zmin=-7, zmax=-1,
+        colorbar=dict(title="log10 update / weight", len=0.9),
+        hovertemplate="%{y} at %{x}: 10^%{z:.1f} of its weights per step<extra></extra>"))
+    fig.update_layout(title="Where the network adapts: update / weight ratio per layer group",
+                      xaxis_title=x_title, yaxis_title="layer group (input at the bottom)",
+                      **{**_LAYOUT, "height": 360})
+    fig.update_xaxes(type="category", nticks=12)
+    return fig
+
+
 def groups_figure(groups: Sequence[Mapping]) -> go.Figure:
     """The network's layer groups, input side left: frozen grey, trainable blue, the new head orange."""
     labels = [f"{g['group']}" if g["modules"] != "adapter + head" else "head" for g in groups]

@@ -4,7 +4,8 @@ import streamlit as st
 
 from core.config import AMP_MODES, BN_STATS, COMPILE_MODES, DEVICES, HEAD_INITS, LOSSES, MONITORS, OPTIMIZERS, \
     SCHEDULES
-from core.config import ConfigError, TrainConfig
+from core.advisor import advise_setup
+from core.config import GROUP_BY, ConfigError, TrainConfig
 from core.estimate import default_device, format_bytes, format_seconds, preprocess_for
 from core.suggest import Suggestion, quick_start, suggest_settings
 from core.train import stage_frozen_counts
@@ -78,14 +79,18 @@ with right:
 with st.expander("Learning rate, optimiser and schedule"):
     c1, c2 = st.columns(2)
     c1.selectbox("Optimiser", OPTIMIZERS, key="cfg.optimizer")
+    c1.slider("Top trunk group's learning rate, as a share of the head's", 0.0, 2.0, step=0.05,
+              key="cfg.trunk_lr_ratio", help="The trainable layer group just below the head trains at lr × this.")
     c1.slider("Learning-rate decay per layer group (discriminative lr)", 0.0, 1.0, step=0.05, key="cfg.lr_decay",
-              help="Group k below the head trains at lr × decay^k: layers near the input change least.")
+              help="Each group further down trains at a further × decay: layers near the input change least.")
     c1.number_input("Weight decay", 0.0, 1.0, step=1e-4, format="%.1e", key="cfg.weight_decay")
     c1.slider("Momentum (SGD)", 0.0, 0.99, step=0.01, key="cfg.momentum")
     c2.selectbox("Schedule", SCHEDULES, key="cfg.schedule",
                  help="cosine: warm up, then decay to 0; step: /10 every few epochs; plateau: /10 when the "
                       "validation loss stalls; constant.")
     c2.number_input("Warm-up epochs (cosine)", 0.0, 100.0, step=0.5, key="cfg.warmup_epochs")
+    c2.number_input("Head-only epochs first (the trunk waits)", 0.0, 100.0, step=0.5, key="cfg.head_warmup_epochs",
+                    help="The new head learns alone first, so its first random gradients never reach the trunk.")
     c2.number_input("Epochs per /10 step (step)", 1, 1000, key="cfg.step_epochs")
     c2.number_input("Patience (plateau)", 0, 1000, key="cfg.plateau_patience")
 with st.expander("Loss"):
@@ -95,6 +100,19 @@ with st.expander("Loss"):
     c1.slider("Label smoothing", 0.0, 0.5, step=0.05, key="cfg.label_smoothing",
               help="Softens the targets a little: less over-confident predictions.")
     c2.number_input("Focal gamma (focal loss)", 0.0, 10.0, step=0.5, key="cfg.focal_gamma")
+with st.expander("Regularisation and weight averaging"):
+    c1, c2 = st.columns(2)
+    c1.number_input("L2-SP: pull toward the pretrained weights (0 = off)", 0.0, 100.0, step=0.01, format="%.3f",
+                    key="cfg.l2sp", help="Penalises the trunk's distance from its pretrained weights instead of "
+                                         "from zero (Li et al. 2018).")
+    c1.number_input("Mixup alpha (0 = off)", 0.0, 10.0, step=0.1, key="cfg.mixup")
+    c1.number_input("CutMix alpha (0 = off)", 0.0, 10.0, step=0.1, key="cfg.cutmix")
+    c2.number_input("EMA of the weights: half-life in epochs (0 = off)", 0.0, 1000.0, step=0.5, key="cfg.ema_epochs",
+                    help="Validation, the saved model and the test use a moving average of the weights.")
+    c2.checkbox("WiSE-FT: mix the fine-tuned and the probe's weights, the share chosen on validation",
+                key="cfg.wise_ft")
+    c2.checkbox("Test-time augmentation: average each image with its mirror (needs horizontal flips)",
+                key="cfg.tta")
 with st.expander("Augmentation"):
     c1, c2 = st.columns(2)
     c1.checkbox("Horizontal flips", key="cfg.augment.hflip", help="Off for text, digits and anything with a handedness.")
@@ -115,11 +133,20 @@ with st.expander("Stopping, validation and split"):
                       "loss. Macro-F1 weighs every class equally (rare defect classes count). The loss is "
                       "smoother but label smoothing raises it at equal accuracy, favouring the baseline.")
     c1.number_input("Early-stopping patience (epochs, 0 = off)", 0, 1000, key="cfg.early_stopping_patience")
-    c1.number_input("Also validate every N batches (0 = once per epoch)", 0, 10**9, key="cfg.val_every_batches",
-                    help="More points on the live validation curves, at the cost of validation time.")
+    c1.number_input("Also validate every N batches (0 = once per epoch, -1 = auto)", -1, 10**9,
+                    key="cfg.val_every_batches",
+                    help="More points on the live validation curves, at the cost of validation time. Auto: every "
+                         "100 batches when an epoch has 300 or more.")
     c2.slider("Validation share (when the data has no val split)", 0.0, 0.5, step=0.05, key="cfg.val_fraction")
     c2.slider("Test share (when the data has no split at all)", 0.0, 0.5, step=0.05, key="cfg.test_fraction")
     c2.number_input("Seed", 0, 2**31 - 1, key="cfg.seed")
+    c2.selectbox("Related images (views of one object, one patient) kept in one split", GROUP_BY,
+                 key="cfg.group_by",
+                 format_func={"auto": "auto: from file names and image similarity", "names": "from file names only",
+                              "embeddings": "from file names and image similarity, however many images",
+                              "none": "don't look for them (duplicates and CSV groups only)"}.get,
+                 help="Views of one object split between training and validation let validation score memory. "
+                      "A CSV 'group' column always wins. The Dataset page shows the groups found.")
 with st.expander("Progressive unfreezing"):
     st.caption("After the first stage, each further stage unfreezes another share of the frozen layers at lr/10; "
                "a stage that makes validation worse is rolled back.")
@@ -135,7 +162,8 @@ with st.expander("Head and adapter"):
     c1.slider("Dropout before the head", 0.0, 0.95, step=0.05, key="cfg.dropout")
     c2.selectbox("Head initialisation", HEAD_INITS, key="cfg.head_init",
                  help="random: fine-tune from a fresh head; linear_probe: start from the classifier fitted on the "
-                      "frozen features (LP-FT).")
+                      "frozen features (LP-FT); augmented_probe: from one fitted on augmented views of the "
+                      "training images (what fine-tuning shows the head).")
     c2.selectbox("BatchNorm statistics", BN_STATS, key="cfg.bn_stats",
                  help="trainable: the layers that train learn the new data's statistics, frozen layers keep "
                       "ImageNet's; frozen: every layer keeps ImageNet's (for very small batches); all: every "
@@ -153,6 +181,7 @@ with st.expander("Machine and tracking"):
     c2.checkbox("Weights & Biases (offline unless WANDB_API_KEY is set)", key="cfg.wandb")
     c2.text_input("W&B project", key="cfg.wandb_project")
     c2.checkbox("TensorBoard", key="cfg.tensorboard")
+    c2.checkbox("Gradient statistics per layer group (the Train page's heat map)", key="cfg.grad_stats")
 
 # --- one config, validated before anything uses it
 try:
@@ -163,6 +192,8 @@ except ConfigError as exc:
 st.session_state[ui.CONFIG] = config.to_dict()
 
 overview = ui.current_overview()
+for item in advise_setup(config.to_dict(), overview.report.class_counts if overview else {}):
+    st.warning(f"**{item.code.replace('_', ' ').capitalize()}:** {item.message}. {item.action}")
 estimate = ui.estimate(config, overview)
 if estimate:
     groups_slot.plotly_chart(charts.groups_figure(estimate.groups), key="groups")

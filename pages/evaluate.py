@@ -109,16 +109,26 @@ if result is None:
     ui.stop_page()
 
 # --- headline numbers
+outcome = (by_id[run_id].get("summary") or {}).get("outcome") or {}
+is_probe = outcome.get("kept") == "linear probe"
 cols = st.columns(5)
 for col, key in zip(cols, ("accuracy", "macro_f1", "macro_precision", "macro_recall")):
     base = result.baseline.get(f"{split}_{key}")
-    col.metric(f"{split} {key.replace('_', ' ')}", f"{result.metrics[key]:.1%}",
-               f"{result.metrics[key] - base:+.1%} vs. linear probe" if base is not None else None)
+    label = f"{split} {key.replace('_', ' ')}" + (" (the probe)" if is_probe else "")
+    if is_probe:
+        col.metric(label, f"{result.metrics[key]:.1%}", "the linear probe itself", delta_color="off", delta_arrow="off")
+    else:
+        col.metric(label, f"{result.metrics[key]:.1%}",
+                   f"{result.metrics[key] - base:+.1%} vs. linear probe" if base is not None else None)
 cols[4].metric("log loss", f"{result.metrics['log_loss']:.3f}")
 intervals = ", ".join(f"{name.replace('_', ' ')} {lo:.3f}–{hi:.3f}" for name, (lo, hi) in result.intervals.items())
 st.caption(f"{result.n_images} {split} images. 95% bootstrap intervals: {intervals}. "
            + ("The linear probe is the baseline every run records first: the frozen pretrained model with only a "
               "linear classifier fitted on its features. Fine-tuning should beat it." if result.baseline else ""))
+if outcome.get("sentence"):
+    (st.warning if is_probe else st.info)(outcome["sentence"])
+for item in (by_id[run_id].get("summary") or {}).get("advice", ()):
+    st.caption(f"**Advice ({item['code'].replace('_', ' ')}):** {item['message']}. {item['action']}")
 cols = st.columns(5)
 for col, k in zip(cols, (3, 5)):
     if f"top{k}_accuracy" in result.metrics:

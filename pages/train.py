@@ -3,8 +3,10 @@ process-wide JobManager; this page only reads its snapshots, so a reload or a se
 job, and nothing here restarts it."""
 import streamlit as st
 
-from core.curves import snapshot_curves
+from core.advisor import advise_run
+from core.curves import gradient_frame, snapshot_curves, steps_per_epoch
 from core.estimate import default_device, format_bytes, format_seconds
+from core.gradients import adaptation_summary
 from pages import charts, ui
 
 ui.through_app(__file__)
@@ -62,7 +64,8 @@ if run_id is None:
     st.info("No run yet: press **Start training**.")
     ui.stop_page()
 polling = manager.is_active(run_id)
-run_config = (ui.attempt("Reading the run", manager.store.get_run, run_id) or {}).get("config", {})
+run_record = ui.attempt("Reading the run", manager.store.get_run, run_id) or {}
+run_config, run_counts = run_record.get("config", {}), run_record.get("data", {}).get("train_class_counts", {})
 
 
 # seconds between redraws. Each redraw costs the server CPU: on a 2-core CPU, redrawing status every second
@@ -87,6 +90,8 @@ def status_view() -> None:
                     else "Validating the baseline (epoch 0)…" if not snap.epochs else "Training the first batch…")
         else:
             text = "Preparing: loading the model and decoding the images…"
+        if snap.note:  # after the last epoch: the cross-validated check
+            text = snap.note[0].upper() + snap.note[1:]
         st.progress(snap.progress, text=text)
         if snap.status == "running" and st.button("Stop", help="Stops at the next batch; the last finished epoch's "
                                                                "checkpoint is kept and the run can be resumed."):
@@ -105,20 +110,38 @@ def status_view() -> None:
         st.warning("Stopped. Resume it on the Runs page, or evaluate its best checkpoint so far.")
     if snap.summary.get("metrics"):
         metrics, baseline = snap.summary["metrics"], snap.summary.get("baseline") or snap.baseline
+        outcome = snap.summary.get("outcome") or {}
+        is_probe = outcome.get("kept") == "linear probe" or snap.summary.get("best_epoch") == 0
+        comparisons = outcome.get("comparisons", {})
         cols = st.columns(4)
         for col, key in zip(cols, ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")):
-            if key in metrics:
+            if key not in metrics:
+                continue
+            split = key.split("_", 1)[0]
+            label = key.replace("_", " ") + (" (the probe)" if is_probe else "")
+            c = comparisons.get(split) if key.endswith("accuracy") else None
+            if is_probe:
+                col.metric(label, f"{metrics[key]:.1%}", "the linear probe itself", delta_color="off",
+                           delta_arrow="off")
+            elif c is not None:
+                col.metric(label, f"{metrics[key]:.1%}", f"{c['difference']:+.1%} vs. the probe",
+                           delta_color="normal" if c["clear"] else "off",
+                           help=f"Paired 95% interval of the difference: {c['interval'][0]:+.1%} to "
+                                f"{c['interval'][1]:+.1%} on {c['n']} images.")
+            else:
                 delta = metrics[key] - baseline[key] if key in baseline else None
-                col.metric(key.replace("_", " "), f"{metrics[key]:.1%}",
-                           f"{delta:+.1%} vs. linear probe" if delta is not None else None)
+                col.metric(label, f"{metrics[key]:.1%}",
+                           f"{delta:+.1%} vs. the probe" if delta is not None else None)
         st.success(f"Finished in {format_seconds(snap.summary.get('seconds'))} on {snap.summary.get('device')}. "
-                   "The best epoch's model is saved.")
-        if snap.summary.get("best_epoch") == 0:
-            st.info("Fine-tuning did not beat the linear-probe baseline on the monitored validation metric within "
-                    "these epochs, so "
-                    "the baseline (epoch 0) is the saved model. Train for more epochs, or freeze more layers / "
-                    "lower the learning rate on the Configure page.")
+                   "The kept model is saved.")
+        if outcome.get("sentence"):
+            (st.warning if is_probe else st.info)(outcome["sentence"])
         st.page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
+    advice = advise_run(snap.epochs, run_config, run_counts, finished=not snap.active,
+                        kept=(snap.summary.get("outcome") or {}).get("kept")) if snap.epochs and run_config else ()
+    for item in advice:
+        (st.warning if item.severity == "warning" else st.caption)(
+            f"**Advice ({item.code.replace('_', ' ')}):** {item.message}. {item.action}")
     if polling and not snap.active:
         st.rerun()  # the whole page: the fragments are declared again without polling
 
@@ -142,9 +165,16 @@ def charts_view() -> None:
             st.plotly_chart(charts.curves_figure(curves.lrs, "Learning rate per parameter group", "lr",
                                                  curves.x_label, log_y=True), key="lrs")
         st.caption("Epoch 0 is the baseline: the frozen pretrained model with a fitted linear head (the linear "
-                   "probe). Fine-tuning then trains its own head and layers; the best epoch on the monitored "
-                   "validation metric (macro-F1 unless set otherwise) is kept, so a run never ends worse than "
-                   "its baseline.")
+                   "probe). Fine-tuning then trains its own head and layers; at the end the run keeps the best "
+                   "fine-tuning epoch or the probe, whichever validation says (see the result above).")
+        if snap.gradients:
+            spe = steps_per_epoch(snap.epochs, snap.total_steps, snap.total_epochs)
+            frame = gradient_frame(snap.gradients, spe)
+            st.plotly_chart(charts.gradient_figure(frame, curves.x_label), key="gradients")
+            summary = adaptation_summary(snap.gradients, snap.frozen_groups, snap.layer_groups,
+                                         run_config.get("freeze_ratio", config.freeze_ratio))
+            if summary["sentence"]:
+                st.caption(summary["sentence"])
 
 
 status_view()

@@ -45,6 +45,7 @@ def small_digits_dir(tmp_path_factory) -> str:
 
 @pytest.fixture
 def tiny_config() -> TrainConfig:
-    """Small images and a short run: seconds on two CPU cores."""
+    """Small images and a short run: seconds on two CPU cores. Related images from file names only (no
+    embedding pass) and no cross-validated check: the tests of those turn them on themselves."""
     return TrainConfig(image_size=32, epochs=2, batch_size=32, augment=AugmentSpec(hflip=False),
-                       early_stopping_patience=0)
+                       early_stopping_patience=0, group_by="names", crossval_folds=0)

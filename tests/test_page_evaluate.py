@@ -11,6 +11,7 @@ import pytest
 
 from core.evaluate import evaluate_run
 from core.runs import start_run
+from core.store import RunStore
 from core.workspace import ENV_VAR, Workspace
 from pages import ui
 from test_pages import TINY, assert_clean, open_page, texts
@@ -80,7 +81,11 @@ def test_the_page_shows_a_runs_metrics_confusion_matrix_and_errors(ws):
     assert_clean(at)
     ev = evaluate_run(workspace.runs_dir, ids["a"])
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["test accuracy"] == f"{ev.metrics['accuracy']:.1%}"
+    kept_probe = RunStore(workspace.runs_dir).get_run(ids["a"])["summary"]["outcome"]["kept"] == "linear probe"
+    label = "test accuracy" + (" (the probe)" if kept_probe else "")  # a run that kept its probe says so
+    assert metrics[label] == f"{ev.metrics['accuracy']:.1%}"
+    if kept_probe:
+        assert next(m for m in at.metric if m.label == label).delta == "the linear probe itself"
     assert metrics["top-3 accuracy"] == f"{ev.metrics['top3_accuracy']:.1%}"
     assert metrics["calibration error (ECE)"] == f"{ev.metrics['ece']:.3f}"
     lo, hi = ev.intervals["accuracy"]
