@@ -231,6 +231,11 @@ def select(row: dict, rule: str) -> dict:
         return best if better(best["score"], probe["score"]) else probe
     if rule == "point_ties_tuned":  # as "point", but a tie goes to the fine-tuned model
         return probe if better(probe["score"], best["score"]) else best
+    if rule == "unless_clearly_worse":  # keep the fine-tuned model unless the paired interval lies below 0
+        from core.outcome import compare
+
+        c = compare("val", row["y_val"], best["val_pred"], probe["val_pred"])
+        return probe if c.interval[1] < 0 else best
     if rule.startswith("shrink"):  # the val difference shrunk toward a prior mean: shrink:<mean>:<sd> in points
         from core.outcome import compare
 
@@ -246,7 +251,7 @@ def select(row: dict, rule: str) -> dict:
     raise ValueError(rule)
 
 
-RULES = ("product", "point", "point_ties_tuned", "shrink:2:4", "shrink:1:3", "best_tuned", "last")
+RULES = ("product", "point", "point_ties_tuned", "unless_clearly_worse", "shrink:2:4", "best_tuned", "last")
 
 
 def rules_table(path: str) -> str:

@@ -8,7 +8,7 @@ from core.audit import IMBALANCE_WARN_RATIO, audit_dataset
 from core.config import TrainConfig
 from core.suggest import suggest_settings
 
-CONFIG = TrainConfig().to_dict()
+CONFIG = TrainConfig(lr=1e-3).to_dict()  # round numbers in the advice below
 
 
 def curve(val_loss, train_loss=None, f1=None, probe_f1=0.80, probe_loss=0.60, train_acc=0.7):

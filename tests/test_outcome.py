@@ -19,16 +19,19 @@ def test_a_paired_difference_is_tighter_than_two_separate_scores():
     assert same.difference == 0 and same.interval == (0.0, 0.0) and not same.clear
 
 
-def test_small_validation_keeps_the_tuned_model_unless_clearly_worse():
+def test_small_validation_follows_the_metric_and_says_how_uncertain_it_is():
     y = np.repeat(np.arange(10), 9)  # 9 validation images per class
     probe = y.copy()
     slightly_worse = y.copy()
     slightly_worse[:3] = (y[:3] + 1) % 10  # 3 of 90 wrong: within the noise of 90 images
     kept, rule = choose(y, probe, slightly_worse, tuned_better=False, num_classes=10)
-    assert kept == FINE_TUNED and "under 30" in rule
+    assert kept == PROBE and "too few to tell the two apart" in rule and "paired 95% interval" in rule
+    kept, rule = choose(y, slightly_worse, probe, tuned_better=True, num_classes=10)
+    assert kept == FINE_TUNED and "too few" in rule
     much_worse = y.copy()
     much_worse[:30] = (y[:30] + 1) % 10
-    assert choose(y, probe, much_worse, tuned_better=False, num_classes=10)[0] == PROBE
+    kept, rule = choose(y, probe, much_worse, tuned_better=False, num_classes=10)
+    assert kept == PROBE and "excludes zero" in rule
 
 
 def test_large_validation_decides_on_the_monitored_metric():
