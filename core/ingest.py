@@ -6,10 +6,16 @@ top-level folder is unwrapped), or a CSV with ``path,label`` (+ optional ``split
 A source is a path, or a binary file-like object (an upload) together with its ``filename``.
 
 Safety: nothing is written outside a staging folder in ``<workspace>/datasets``; archive members with
-unsafe names, links or special types are refused; member count, total and per-file bytes are counted
-while streaming (headers are never trusted); Pillow's decompression-bomb guard stays on; a file is an
-image only if Pillow decodes it. Every refusal is recorded as a ``Skipped`` entry naming the file, and
-the rest of the dataset still ingests. The finished dataset is renamed into place in one step.
+unsafe names, links or special types are refused; member count, total and per-file bytes and the
+compression ratio (per member and for the whole archive) are counted while streaming (headers are never
+trusted) and reading stops at the first byte over a limit; Pillow's decompression-bomb guard stays on; a
+file is an image only if Pillow decodes it. Every refusal is recorded as a ``Skipped`` entry naming the
+file, and the rest of the dataset still ingests. The finished dataset is renamed into place in one step.
+
+Bounds on one archive ingest (see ``IngestLimits``): the staging folder holds at most the archive itself
+plus ``IngestLimits.total_budget(...)`` bytes, i.e. no more than ``max_total_bytes``, ``disk_share`` of the
+free disk and ``max_ratio`` times the archive's size; besides what it writes, a tar is decompressed at most
+``max_skipped_bytes`` further to step over members it refuses. Work is proportional to those bytes.
 
 Every accepted file is read once: its sha256, a full decode and an ``ImageProbe`` (size, colour mode,
 EXIF orientation, perceptual hash, channel sums) are computed in the same pass and kept in
@@ -82,9 +88,25 @@ class ImageError(ValueError):
 @dataclass(frozen=True)
 class IngestLimits:
     max_members: int = 200_000                  # files in an archive / folder / rows in a CSV
-    max_total_bytes: int = 8 * 1024**3          # uncompressed bytes, counted while reading
+    # Bytes one ingest may write (uncompressed, counted while reading). A fixed cap: what is enforced is
+    # total_budget(), this or less: disk_share of the free disk, and for an archive max_ratio times its size.
+    max_total_bytes: int = 8 * 1024**3
     max_file_bytes: int = 100 * 1024**2         # one file, counted while reading
     max_image_pixels: int = 89_478_485          # width * height; Pillow's own default bomb limit
+    # Uncompressed / compressed bytes, for each member and for the whole archive, checked only past a floor
+    # of output (_RATIO_FLOOR_MEMBER, _RATIO_FLOOR_TOTAL). Images are mostly compressed already (a zipped
+    # PNG or JPEG is about 1:1); deflate itself cannot exceed ~1032:1, which zeros reach.
+    max_ratio: float = 200.0
+    # A stream (tar.gz, tar.bz2, tar.xz) must be decompressed to step over a member that is refused or not
+    # read; past this many such bytes the archive is refused instead of decompressed to its end.
+    max_skipped_bytes: int = 64 * 1024**2
+    disk_share: float = 0.5                     # of the free space on the disk the dataset is staged on
+
+    def total_budget(self, folder: str | os.PathLike, archive_bytes: int | None = None) -> int:
+        """The bytes an ingest staged in ``folder`` may write: the smallest of ``max_total_bytes``,
+        ``disk_share`` of the folder's free disk space now, and (an archive of ``archive_bytes``)
+        ``max_ratio`` times its size (but not under the ratio's floor)."""
+        return _total_budget(self, folder, archive_bytes)[0]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +137,7 @@ class Sample:
 class Skipped:
     path: str    # as named in the source (archive member, relative file path, CSV row)
     code: str    # hidden | empty_file | not_image | corrupt | truncated | pixel_bomb | too_large |
-                 # unsafe_path | link | special_file | encrypted | duplicate_entry |
+                 # compression_bomb | unsafe_path | link | special_file | encrypted | duplicate_entry |
                  # outside_class_folder | not_split_folder | bad_row | missing_file | escapes_root
     reason: str  # what was wrong and what to do
 
@@ -454,11 +476,52 @@ def _hidden_skip(path: str) -> Skipped:
 # Safe extraction
 
 
-class _Budget:
-    """Counts members and bytes actually read; raises IngestError when the archive exceeds a limit."""
+# The compression ratio is checked only past a floor of output: small files legitimately compress far
+# more than max_ratio (a 256x256 one-colour BMP is 196 KB, deflated to 249 bytes: 790:1), and below the
+# floors a "bomb" can do no harm. A member is checked after 1 MB of its output, the archive after 10 MB.
+_RATIO_FLOOR_MEMBER = 1 << 20
+_RATIO_FLOOR_TOTAL = 10 << 20
+# tarfile reads a compressed stream in blocks of this size (its default bufsize) and decompresses each
+# whole: a member's output may come from up to one block read before the member started.
+_TAR_READ_AHEAD = tarfile.RECORDSIZE
 
-    def __init__(self, limits: IngestLimits, source: str):
-        self.limits, self.source, self.members, self.total = limits, source, 0, 0
+
+def _free_bytes(folder: str | os.PathLike) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _total_budget(limits: IngestLimits, folder: str | os.PathLike, archive_bytes: int | None = None
+                  ) -> tuple[int, str]:
+    """``IngestLimits.total_budget``, and for a refusal message which bound set it and what to do."""
+    free = _free_bytes(folder)
+    bounds = [(limits.max_total_bytes, "a zip bomb?", "raise IngestLimits.max_total_bytes if the data is "
+               "genuine"),
+              (int(free * limits.disk_share), f"{limits.disk_share:.0%} of the {free} bytes free on the disk "
+               f"holding {folder}", "free disk space there, or raise IngestLimits.disk_share")]
+    if archive_bytes is not None:
+        ratio_cap = _ratio_cap(limits.max_ratio, archive_bytes, _RATIO_FLOOR_TOTAL)
+        bounds.append((int(min(ratio_cap, 2**62)), f"{limits.max_ratio:g} times the archive's {archive_bytes} "
+                       "bytes: a compression bomb?", "raise IngestLimits.max_ratio if the data is genuine"))
+    cap, reason, advice = min(bounds, key=lambda b: b[0])
+    return cap, f"({reason}); {advice}"
+
+
+def _ratio_cap(max_ratio: float, packed: int, floor: int) -> float:
+    """Output allowed for ``packed`` compressed bytes: ``max_ratio`` times as much, never under ``floor``."""
+    return max(floor, max_ratio * packed)
+
+
+class _Budget:
+    """Counts members and bytes actually written; raises IngestError when the archive exceeds a limit.
+
+    ``cap`` is the total budget (``_total_budget``) and ``why`` its explanation; ``packed()`` returns the
+    compressed bytes of the archive read so far, for the archive's compression ratio. Bytes of members
+    refused part-way stay counted: they were written (and the time was spent) before the refusal.
+    """
+
+    def __init__(self, limits: IngestLimits, source: str, cap: int, why: str, packed: Callable[[], int]):
+        self.limits, self.source, self.cap, self.why, self.packed = limits, source, cap, why, packed
+        self.members, self.total = 0, 0
 
     def member(self) -> None:
         self.members += 1
@@ -466,29 +529,48 @@ class _Budget:
             raise IngestError(f"{self.source}: refused, more than {self.limits.max_members} entries; "
                               "split the archive or raise IngestLimits.max_members")
 
+    def room(self) -> int:
+        """Bytes that may still be written before a total limit is crossed."""
+        ratio_cap = _ratio_cap(self.limits.max_ratio, self.packed(), _RATIO_FLOOR_TOTAL)
+        return int(min(self.cap, ratio_cap)) - self.total
+
     def add(self, n: int) -> None:
         self.total += n
-        if self.total > self.limits.max_total_bytes:
-            raise IngestError(f"{self.source}: refused, expands to more than "
-                              f"{self.limits.max_total_bytes} bytes (a zip bomb?); raise "
-                              "IngestLimits.max_total_bytes if the data is genuine")
+        if self.total > self.cap:
+            raise IngestError(f"{self.source}: refused, expands to more than {self.cap} bytes {self.why}")
+        packed = self.packed()
+        if self.total > _ratio_cap(self.limits.max_ratio, packed, _RATIO_FLOOR_TOTAL):
+            raise IngestError(f"{self.source}: refused, expands to more than {self.limits.max_ratio:g} times "
+                              f"its compressed size ({self.total} bytes from the first {packed}; a "
+                              "compression bomb?); raise IngestLimits.max_ratio if the data is genuine")
 
 
-def _stream_to(src: BinaryIO, dst: str, name: str, budget: _Budget) -> None:
-    """Copy a member to a new file, counting bytes as they stream; stop at the first byte over a limit."""
-    limit = budget.limits.max_file_bytes
+def _stream_to(src: BinaryIO, dst: str, name: str, budget: _Budget, packed: Callable[[], int]) -> None:
+    """Copy a member to a new file, counting bytes as they stream; stop at the first byte over a limit.
+
+    ``packed()`` is the member's compressed bytes so far, for its compression ratio. Each read asks for
+    at most one byte more than the tightest limit allows, the chunk that crosses a limit is never
+    written, and a refused member's file is removed.
+    """
+    limits = budget.limits
     written = 0
     try:
         with open(dst, "xb") as out:
             while True:
-                chunk = src.read(min(_CHUNK, limit + 1 - written))
+                member_cap = min(limits.max_file_bytes, _ratio_cap(limits.max_ratio, packed(), _RATIO_FLOOR_MEMBER))
+                room = min(_CHUNK - 1, int(member_cap) - written, budget.room())
+                chunk = src.read(max(room, 0) + 1)
                 if not chunk:
                     break
                 written += len(chunk)
-                if written > limit:
+                if written > limits.max_file_bytes:
                     raise ImageError("too_large", f"{name}: refused, expands beyond the per-file limit of "
-                                     f"{limit} bytes (a zip bomb?); raise IngestLimits.max_file_bytes if "
-                                     "the file is genuine")
+                                     f"{limits.max_file_bytes} bytes (a zip bomb?); raise "
+                                     "IngestLimits.max_file_bytes if the file is genuine")
+                if written > _ratio_cap(limits.max_ratio, packed(), _RATIO_FLOOR_MEMBER):
+                    raise ImageError("compression_bomb", f"{name}: refused, expands to more than "
+                                     f"{limits.max_ratio:g} times its compressed size (a compression bomb?); "
+                                     "raise IngestLimits.max_ratio if the file is genuine")
                 budget.add(len(chunk))
                 out.write(chunk)
     except BaseException:
@@ -498,7 +580,7 @@ def _stream_to(src: BinaryIO, dst: str, name: str, budget: _Budget) -> None:
 
 
 def _extract_member(read: Callable[[], BinaryIO], name: str, rel: str, dest_root: str, seen: set,
-                    budget: _Budget, skipped: list) -> None:
+                    budget: _Budget, skipped: list, packed: Callable[[], int]) -> None:
     try:
         if rel in seen:
             raise ImageError("duplicate_entry", f"{name}: refused, the archive holds this name twice")
@@ -507,7 +589,7 @@ def _extract_member(read: Callable[[], BinaryIO], name: str, rel: str, dest_root
         os.makedirs(os.path.dirname(target), exist_ok=True)
         target = _inside(dest_root, rel)  # re-check now that the parents exist
         with read() as fh:
-            _stream_to(fh, target, name, budget)
+            _stream_to(fh, target, name, budget, packed)
     except ImageError as e:
         skipped.append(Skipped(name, e.code, str(e)))
     except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
@@ -530,8 +612,15 @@ def _screen_name(name: str, is_dir: bool, hidden: set, skipped: list) -> str | N
     return rel
 
 
-def _extract_zip(archive: str, dest: str, limits: IngestLimits, skipped: list, source: str) -> None:
-    budget, seen, hidden = _Budget(limits, source), set(), set()
+def _extract_zip(archive: str, dest: str, limits: IngestLimits, skipped: list, source: str,
+                 total: tuple[int, str]) -> None:
+    seen, hidden = set(), set()
+    size = os.path.getsize(archive)
+    opened = 0  # compressed bytes of the members read so far, as the central directory declares them
+
+    # A member's declared compressed size (what zipfile reads of it) is capped at the archive's size, so a
+    # lying central directory cannot buy a larger ratio allowance than the whole archive gives.
+    budget = _Budget(limits, source, *total, packed=lambda: min(opened, size))
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
@@ -556,46 +645,104 @@ def _extract_zip(archive: str, dest: str, limits: IngestLimits, skipped: list, s
                 skipped.append(Skipped(name, "encrypted", f"{name}: refused, encrypted zip member; "
                                        "re-create the archive without a password"))
                 continue
-            _extract_member(lambda info=info: zf.open(info), name, rel, dest, seen, budget, skipped)
+            packed = min(info.compress_size, size)
+            opened += packed
+            _extract_member(lambda info=info: zf.open(info), name, rel, dest, seen, budget, skipped,
+                            lambda packed=packed: packed)
 
 
-def _extract_tar(archive: str, dest: str, limits: IngestLimits, skipped: list, source: str) -> None:
-    budget, seen, hidden = _Budget(limits, source), set(), set()
-    try:
-        tf = tarfile.open(archive, mode="r|*")  # streaming: one pass, member by member
-    except (tarfile.TarError, OSError) as e:
-        raise IngestError(f"{source}: not a readable tar archive ({e})") from None
-    with tf:
+_TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: what tarfile's "r|*" decompresses
+# Extended headers (pax, GNU long names) are read into memory whole by tarfile, before we see the member.
+_TAR_META_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
+_TAR_MAX_META_BYTES = 1 << 20
+
+
+class _MetaTooLarge(Exception):
+    """Raised through tarfile (which lets other exceptions pass) when an extended header is too large."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header larger than _TAR_MAX_META_BYTES (a memory bomb)."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _TAR_META_TYPES and self.size > _TAR_MAX_META_BYTES:
+            raise _MetaTooLarge(self.size)
+        return super()._proc_member(tarfile_)
+
+
+def _meta_error(source: str, e: _MetaTooLarge) -> IngestError:
+    return IngestError(f"{source}: refused, the tar archive holds an extended header of {e.args[0]} bytes "
+                       f"(over {_TAR_MAX_META_BYTES}; real ones hold a long name or a few attributes); "
+                       "re-create the archive")
+
+
+def _extract_tar(archive: str, dest: str, limits: IngestLimits, skipped: list, source: str,
+                 total: tuple[int, str]) -> None:
+    seen, hidden = set(), set()
+    with open(archive, "rb") as raw:
+        compressed = raw.read(6).startswith(_TAR_MAGIC)
+        raw.seek(0)
+        # The compressed bytes read so far are the raw file's position; tarfile reads ahead at most a block.
+        budget = _Budget(limits, source, *total, packed=raw.tell)
         try:
-            for member in tf:
-                budget.member()
-                name = member.name
-                rel = _screen_name(name, member.isdir(), hidden, skipped)
-                if member.isfile() and (rel is None or member.size > limits.max_file_bytes):
-                    # tarfile still decompresses data we skip to reach the next header: count its
-                    # declared size, so a bomb hidden in skipped entries can't keep us spinning.
-                    budget.add(member.size)
-                if rel is None:
-                    continue
-                if member.issym() or member.islnk():
-                    kind = "symbolic" if member.issym() else "hard"
-                    skipped.append(Skipped(name, "link", f"{name}: refused, a {kind} link inside the "
-                                           f"archive (to {member.linkname!r})"))
-                    continue
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    skipped.append(Skipped(name, "special_file", f"{name}: refused, not a regular file"))
-                    continue
-                if member.size > limits.max_file_bytes:
-                    skipped.append(Skipped(name, "too_large", f"{name}: refused, {member.size} bytes is "
-                                           f"over the per-file limit of {limits.max_file_bytes}; raise "
-                                           "IngestLimits.max_file_bytes if the file is genuine"))
-                    continue
-                _extract_member(lambda m=member: tf.extractfile(m), name, rel, dest, seen, budget, skipped)
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise IngestError(f"{source}: the tar archive is corrupt or truncated ({e}); "
-                              "re-create it") from None
+            tf = tarfile.open(fileobj=raw, mode="r|*", tarinfo=_BoundedTarInfo)  # one pass, member by member
+        except (tarfile.TarError, OSError) as e:
+            raise IngestError(f"{source}: not a readable tar archive ({e})") from None
+        except _MetaTooLarge as e:
+            raise _meta_error(source, e) from None
+        skipped_bytes = 0
+        with tf:
+            try:
+                for member in tf:
+                    budget.member()
+                    _extract_tar_member(tf, member, raw, dest, limits, seen, hidden, budget, skipped)
+                    # What tarfile will decompress, and drop, to reach the next header: a member refused, not
+                    # read, or refused part-way. Reading a plain tar to its end costs no more than the file.
+                    left = tf.offset - tf.fileobj.tell()
+                    if compressed and left > 0:
+                        skipped_bytes += left
+                        if skipped_bytes > limits.max_skipped_bytes:
+                            code = next((s.code for s in reversed(skipped)
+                                         if s.path in (member.name, f"{member.name}/")), "not read")
+                            raise IngestError(
+                                f"{source}: refused, stepping over the entries it can't use means "
+                                f"decompressing {skipped_bytes} bytes of their data, over "
+                                f"IngestLimits.max_skipped_bytes = {limits.max_skipped_bytes} (the last: "
+                                f"{member.name}, {member.size} bytes, {code}); remove those entries from the "
+                                "archive or raise the limit, or send a .zip, whose entries are skipped "
+                                "without being read")
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                raise IngestError(f"{source}: the tar archive is corrupt or truncated ({e}); "
+                                  "re-create it") from None
+            except _MetaTooLarge as e:
+                raise _meta_error(source, e) from None
+
+
+def _extract_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, raw: BinaryIO, dest: str,
+                        limits: IngestLimits, seen: set, hidden: set, budget: _Budget, skipped: list) -> None:
+    name = member.name
+    rel = _screen_name(name, member.isdir(), hidden, skipped)
+    if rel is None:
+        return
+    if member.issym() or member.islnk():
+        kind = "symbolic" if member.issym() else "hard"
+        skipped.append(Skipped(name, "link", f"{name}: refused, a {kind} link inside the "
+                               f"archive (to {member.linkname!r})"))
+        return
+    if member.isdir():
+        return
+    if not member.isfile():
+        skipped.append(Skipped(name, "special_file", f"{name}: refused, not a regular file"))
+        return
+    if member.size > limits.max_file_bytes:
+        skipped.append(Skipped(name, "too_large", f"{name}: refused, {member.size} bytes is "
+                               f"over the per-file limit of {limits.max_file_bytes}; raise "
+                               "IngestLimits.max_file_bytes if the file is genuine"))
+        return
+    start = raw.tell()
+    _extract_member(lambda: tf.extractfile(member), name, rel, dest, seen, budget, skipped,
+                    lambda: raw.tell() - start + _TAR_READ_AHEAD)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -884,7 +1031,7 @@ def _run_tasks(tasks: list[tuple], workers: int) -> list[tuple]:
         return list(pool.map(_process_file, tasks, chunksize=max(1, min(64, len(tasks) // workers))))
 
 
-def _check_folder_budget(cands: list[_Candidate], limits: IngestLimits, source: str) -> None:
+def _check_folder_budget(cands: list[_Candidate], limits: IngestLimits, source: str, staging: Path) -> None:
     if len(cands) > limits.max_members:
         raise IngestError(f"{source}: refused, {len(cands)} files is more than {limits.max_members}; "
                           "raise IngestLimits.max_members")
@@ -892,9 +1039,9 @@ def _check_folder_budget(cands: list[_Candidate], limits: IngestLimits, source: 
     for c in cands:
         with suppress(OSError):
             total += min(os.lstat(c.src).st_size, limits.max_file_bytes + 1)
-    if total > limits.max_total_bytes:
-        raise IngestError(f"{source}: refused, {total} bytes is more than {limits.max_total_bytes}; "
-                          "raise IngestLimits.max_total_bytes")
+    cap, why = _total_budget(limits, staging)
+    if total > cap:
+        raise IngestError(f"{source}: refused, {total} bytes is more than {cap} {why}")
 
 
 def _build(cands: list[_Candidate], skipped: list[Skipped], layout: str, source: str, staging: Path,
@@ -965,14 +1112,14 @@ def _sniff_kind(path: str) -> str:
 
 def _spool(fileobj: BinaryIO, dst: Path, limits: IngestLimits, name: str) -> str:
     """Copy an upload to disk while hashing it; returns its sha256."""
+    cap, why = _total_budget(limits, dst.parent)
     h = hashlib.sha256()
     n = 0
     with open(dst, "xb") as out:
-        while chunk := fileobj.read(_CHUNK):
+        while chunk := fileobj.read(min(_CHUNK, cap + 1 - n)):
             n += len(chunk)
-            if n > limits.max_total_bytes:
-                raise IngestError(f"{name}: refused, the upload is larger than {limits.max_total_bytes} "
-                                  "bytes; raise IngestLimits.max_total_bytes")
+            if n > cap:
+                raise IngestError(f"{name}: refused, the upload is larger than {cap} bytes {why}")
             h.update(chunk)
             out.write(chunk)
     return h.hexdigest()
@@ -1036,7 +1183,7 @@ def ingest(source: str | os.PathLike | BinaryIO, workspace_dir: str | os.PathLik
 def _ingest_folder(path: str, name: str, staging: Path, datasets: Path, limits: IngestLimits,
                    workers: int, move: bool) -> Dataset:
     cands, skipped, layout = _scan_folder(path)
-    _check_folder_budget(cands, limits, name)
+    _check_folder_budget(cands, limits, name, staging)
     signature = None if move else _folder_signature(path, name, cands, limits)
     key = f"folder-{signature[:32]}" if signature else None
     if key is not None and (same := _indexed(datasets, key)) is not None:
@@ -1063,7 +1210,7 @@ def _folder_signature(path: str, name: str, cands: list[_Candidate], limits: Ing
 
 
 def _finish_csv(cands, skipped, name, staging, datasets, limits, workers) -> Dataset:
-    _check_folder_budget(cands, limits, name)
+    _check_folder_budget(cands, limits, name, staging)
     return _build(cands, skipped, "csv", name, staging, datasets, limits, False, workers)
 
 
@@ -1080,7 +1227,9 @@ def _ingest_archive(archive: str, archive_sha: str, kind: str, name: str, stagin
     raw = staging / "raw"
     raw.mkdir()
     skipped: list[Skipped] = []
-    (_extract_zip if kind == "zip" else _extract_tar)(archive, str(raw), limits, skipped, name)
+    # The budget is set now, from the free disk left after an upload was spooled, and from the archive's size.
+    total = _total_budget(limits, staging, os.path.getsize(archive))
+    (_extract_zip if kind == "zip" else _extract_tar)(archive, str(raw), limits, skipped, name, total)
     root = _unwrap(str(raw))
     prefix = os.path.relpath(root, raw).replace(os.sep, "/")
     csv_path = _find_csv(root)
