@@ -74,6 +74,8 @@ def _train(args) -> int:
     from .ingest import IngestError
     from .splits import SplitError
     from .runs import resume_run, start_run
+    from .files import DiskFull
+    from .runlock import RunLocked
     from .store import RunNotFound
     from .trackers import ConsoleProgress
     from .train import TrainingFailed
@@ -91,7 +93,8 @@ def _train(args) -> int:
                     config = TrainConfig.from_dict(json.load(f))
             config = config.with_overrides(args.set).validate()
             summary = start_run(config, args.data, args.runs_dir, [ConsoleProgress()], workspace_dir=args.workspace)
-    except (DataError, CatalogError, RunNotFound, IngestError, SplitError, OSError, json.JSONDecodeError) as exc:
+    except (DataError, CatalogError, RunNotFound, IngestError, SplitError, RunLocked, DiskFull, OSError,
+            json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingFailed as exc:
@@ -119,9 +122,10 @@ def _models(args) -> int:
 def _runs(args) -> int:
     from .store import RunStore
 
-    runs = RunStore(args.runs_dir).list_runs()
+    store = RunStore(args.runs_dir)
+    runs = [{**r, "status": store.live_status(r)} for r in store.list_runs()]  # a dead trainer: interrupted
     if args.json:
-        print(json.dumps([{k: r[k] for k in ("id", "status", "model", "data_source", "summary", "error")}
+        print(json.dumps([{k: r[k] for k in ("id", "status", "model", "data_source", "summary", "error", "owner")}
                           for r in runs]))
         return 0
     for r in runs:

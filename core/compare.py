@@ -18,11 +18,17 @@ RESUMABLE = ("stopped", "failed", "interrupted")  # statuses a run can be resume
 FINISHED = ("completed", "early_stopped")
 
 
-def status_of(run: dict[str, Any], active_ids: Iterable[str]) -> str:
-    """The stored status, except that a queued/running run no live job owns was interrupted."""
-    if run["status"] in ACTIVE and run["id"] not in set(active_ids):
-        return "interrupted"
-    return run["status"]
+def status_of(run: dict[str, Any], active_ids: Iterable[str], run_dir: str | None = None) -> str:
+    """The stored status, except that a queued/running run was interrupted when no live job of this process
+    owns it and (given its `run_dir`) no other process holds its trainer lock."""
+    if run["status"] not in ACTIVE or run["id"] in set(active_ids):
+        return run["status"]
+    if run_dir is not None:
+        from .runlock import is_trained_now
+
+        if is_trained_now(run_dir):
+            return run["status"]
+    return "interrupted"
 
 
 def dataset_names(workspace_dir: str) -> dict[str, str]:
@@ -53,7 +59,7 @@ def run_table(store: RunStore, active_ids: Iterable[str] = (), names: Mapping[st
         val_acc = [r["val_accuracy"] for r in epochs if isinstance(r.get("val_accuracy"), (int, float))]
         metrics = summary.get("metrics", {})
         rows.append({
-            "run": run["id"], "name": run["name"], "status": status_of(run, active), "model": run["model"],
+            "run": run["id"], "name": run["name"], "status": status_of(run, active, store.run_dir(run["id"])), "model": run["model"],
             "data": names.get(run["dataset_id"] or "") or data.get("source") or run["data_source"], "classes": len(data.get("classes", [])),
             "image_size": config.get("image_size") or "model",
             "epochs": f"{max((r['epoch'] for r in epochs), default=0)}/{config.get('epochs', '?')}",

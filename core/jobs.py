@@ -16,7 +16,8 @@ from .config import TrainConfig
 from .data import SplitData
 from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, GradientStats, Note, RunStarted, \
     StageChanged, Validated
-from .runs import execute_run, new_run, run_inputs
+from .runlock import RunLocked
+from .runs import check_not_trained, execute_run, new_run, run_inputs
 from .store import RunStore
 from .tasks import TaskManager
 
@@ -73,15 +74,16 @@ class JobManager:
         self.tasks = TaskManager()  # bake-offs, evaluation reports: background work that is not training
 
     # --- control
-    def start(self, config: TrainConfig, data: SplitData | str) -> str:
-        """Record a run and train it on a background thread; returns the run id at once."""
-        run_id, data = new_run(self.store, config, data, self.workspace_dir)
+    def start(self, config: TrainConfig, data: SplitData | str, owner: str = "") -> str:
+        """Record a run (owned by `owner`) and train it on a background thread; returns the run id at once."""
+        run_id, data = new_run(self.store, config, data, self.workspace_dir, owner)
         self._launch(run_id, config.validate(), data, resume=False)
         return run_id
 
     def resume(self, run_id: str) -> str:
         if self.is_active(run_id):
             raise RuntimeError(f"run {run_id} is already running")
+        check_not_trained(self.store, run_id)
         config, data = run_inputs(self.store, run_id)
         self._launch(run_id, config, data, resume=True)
         return run_id
@@ -138,6 +140,11 @@ class JobManager:
             try:
                 execute_run(self.store, run_id, config, data, [lambda e: self._on_event(job, e)],
                             job.stop.is_set, resume=resume)
+            except RunLocked as exc:  # another process trains it (it took the lock in between): change nothing
+                with job.lock:
+                    job.snapshot = replace(self._from_store(run_id), error=str(exc))
+                with self._lock:
+                    self._jobs.pop(run_id, None)
             except Exception as exc:  # the trainer already emitted Failed; this catches failures before it
                 with job.lock:
                     if job.snapshot.status != "failed":
@@ -203,8 +210,8 @@ class JobManager:
         setup = (self.store.metrics(run_id, "setup") or [{}])[-1]
         stages = self.store.metrics(run_id, "stage")
         status = run["status"]
-        if status in ("queued", "running") and run_id not in self._jobs:
-            status = "interrupted"  # the process that ran it is gone: resume it from its last checkpoint
+        if run_id not in self._jobs:  # trained by another process, or its process is gone: interrupted
+            status = self.store.live_status(run)
         return JobSnapshot(run_id, status, epoch=epochs[-1]["epoch"] if epochs else 0,
                            step=steps[-1]["step"] if steps else 0,
                            epochs=epochs, steps=steps, gradients=gradients, summary=run["summary"],

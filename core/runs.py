@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable
 from .config import TrainConfig
 from .data import SplitData, from_manifest
 from .events import Dispatcher, Listener
+from .files import clean_leftovers
+from .runlock import RunLock, RunLocked, is_trained_now
 from .store import RunStore
 from .trackers import StoreTracker, TensorBoardTracker, WandbTracker
 from .train import Trainer
@@ -70,11 +72,11 @@ def is_manifest(path: str) -> bool:
     return '"dataset_id"' in head and '"rows"' in head or head.startswith("# {")
 
 
-def create_run(store: RunStore, config: TrainConfig, data: SplitData, manifest=None) -> str:
+def create_run(store: RunStore, config: TrainConfig, data: SplitData, manifest=None, owner: str = "") -> str:
     """Record a run; its split manifest is written into the run's folder, so a resume sees the same files."""
     from .splits import write_manifest
 
-    run_id = store.create_run(config.validate().to_dict(), data.describe(), config.run_name)
+    run_id = store.create_run(config.validate().to_dict(), data.describe(), config.run_name, owner)
     if manifest is not None:
         write_manifest(manifest, os.path.join(store.run_dir(run_id), MANIFEST_FILE))
     return run_id
@@ -83,15 +85,27 @@ def create_run(store: RunStore, config: TrainConfig, data: SplitData, manifest=N
 def execute_run(store: RunStore, run_id: str, config: TrainConfig, data: SplitData,
                 listeners: Iterable[Listener] = (), should_stop: Callable[[], bool] = lambda: False,
                 resume: bool = False) -> dict[str, Any]:
-    """Train a run recorded in the store; trackers per the config. Raises TrainingFailed on failure."""
+    """Train a run recorded in the store; trackers per the config. Raises TrainingFailed on failure, and
+    RunLocked (before touching anything) when another process is training this run."""
     run_dir = store.run_dir(run_id)
-    dispatcher = Dispatcher([StoreTracker(store), *listeners])
-    if config.wandb:
-        dispatcher.add(WandbTracker(config.wandb_project, run_dir))
-    if config.tensorboard:
-        dispatcher.add(TensorBoardTracker(os.path.join(run_dir, "tensorboard")))
-    return Trainer(run_id, config, data, run_dir, dispatcher, should_stop,
-                   second_opinion(run_dir, config, data, should_stop)).run(resume=resume)
+    with RunLock(run_dir):  # held until training ends; the kernel drops it if this process dies
+        for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+            clean_leftovers(folder)  # half-written files of a trainer killed mid-write
+        dispatcher = Dispatcher([StoreTracker(store), *listeners])
+        if config.wandb:
+            dispatcher.add(WandbTracker(config.wandb_project, run_dir))
+        if config.tensorboard:
+            dispatcher.add(TensorBoardTracker(os.path.join(run_dir, "tensorboard")))
+        return Trainer(run_id, config, data, run_dir, dispatcher, should_stop,
+                       second_opinion(run_dir, config, data, should_stop)).run(resume=resume)
+
+
+def check_not_trained(store: RunStore, run_id: str) -> None:
+    """Raise RunLocked when another process holds the run's trainer lock (before a resume starts)."""
+    store.get_run(run_id)  # RunNotFound first
+    if is_trained_now(store.run_dir(run_id)):
+        RunLock(store.run_dir(run_id)).acquire().release()  # raises RunLocked, naming the holder
+
 
 
 def second_opinion(run_dir: str, config: TrainConfig, data: SplitData, should_stop: Callable[[], bool] = lambda: False):
@@ -123,15 +137,15 @@ def _unit_of(run_dir: str, config: TrainConfig, data: SplitData) -> Callable[[st
     return lambda p: ids.get(p, hash(p))
 
 
-def new_run(store: RunStore, config: TrainConfig, data: str | SplitData, workspace_dir: str | None = None
-            ) -> tuple[str, SplitData]:
-    """Validate, prepare the data and record the run; returns (run_id, data)."""
+def new_run(store: RunStore, config: TrainConfig, data: str | SplitData, workspace_dir: str | None = None,
+            owner: str = "") -> tuple[str, SplitData]:
+    """Validate, prepare the data and record the run (owned by `owner`); returns (run_id, data)."""
     config = config.validate()
     manifest = None
     if isinstance(data, str):
         manifest = prepare_data(data, config, workspace_dir or store.runs_dir)
         data = from_manifest(manifest, data)
-    return create_run(store, config, data, manifest), data
+    return create_run(store, config, data, manifest, owner), data
 
 
 def start_run(config: TrainConfig, data: SplitData | str, runs_dir: str, listeners: Iterable[Listener] = (),
@@ -156,5 +170,6 @@ def run_inputs(store: RunStore, run_id: str) -> tuple[TrainConfig, SplitData]:
 def resume_run(run_id: str, runs_dir: str, listeners: Iterable[Listener] = (),
                should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     store = RunStore(runs_dir)
+    check_not_trained(store, run_id)
     config, data = run_inputs(store, run_id)
     return execute_run(store, run_id, config, data, listeners, should_stop, resume=True)

@@ -18,13 +18,16 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, created REAL, updated REAL, status TEXT, name TEXT, model TEXT,
     data_source TEXT, dataset_id TEXT, config TEXT, data TEXT, summary TEXT, error TEXT,
-    best_checkpoint TEXT);
+    best_checkpoint TEXT, owner TEXT, pid INTEGER, heartbeat REAL);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT, scope TEXT, epoch INTEGER, step INTEGER, time REAL, values_json TEXT);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, scope, step);
 """
 
 ACTIVE = ("queued", "running")
+# columns added after the first release: ALTERed into an older runs.db when it is opened
+_ADDED_COLUMNS = {"owner": "TEXT", "pid": "INTEGER", "heartbeat": "REAL"}
+QUEUED_GRACE_S = 120.0  # a queued run another process created but has not locked yet is not called interrupted
 
 
 class RunNotFound(LookupError):
@@ -39,6 +42,10 @@ class RunStore:
         self._lock = threading.Lock()
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -56,19 +63,19 @@ class RunStore:
         return os.path.join(self.runs_dir, run_id)
 
     # --- runs
-    def create_run(self, config: dict[str, Any], data: dict[str, Any], name: str = "") -> str:
+    def create_run(self, config: dict[str, Any], data: dict[str, Any], name: str = "", owner: str = "") -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         os.makedirs(self.run_dir(run_id), exist_ok=True)
         now = time.time()
         with self._lock, self._connect() as db:
             db.execute("INSERT INTO runs (id, created, updated, status, name, model, data_source, dataset_id, config,"
-                       " data) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       " data, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                        (run_id, now, now, "queued", name or run_id, config.get("model", ""), data.get("source", ""),
-                        data.get("dataset_id", ""), json.dumps(config), json.dumps(data)))
+                        data.get("dataset_id", ""), json.dumps(config), json.dumps(data), owner))
         return run_id
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        allowed = {"status", "summary", "error", "best_checkpoint", "data", "dataset_id"}
+        allowed = {"status", "summary", "error", "best_checkpoint", "data", "dataset_id", "pid", "heartbeat"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"cannot update {bad}")
@@ -85,6 +92,20 @@ class RunStore:
             raise RunNotFound(f"no run {run_id!r} in {self.runs_dir}; `python -m core runs` lists them")
         return _row(row)
 
+    def live_status(self, run: dict[str, Any]) -> str:
+        """The stored status, except that a queued or running run no process holds the lock of
+        (core.runlock: the kernel drops it when its trainer dies, however it dies) was interrupted."""
+        status = run["status"]
+        if status not in ACTIVE:
+            return status
+        from .runlock import is_trained_now
+
+        if is_trained_now(self.run_dir(run["id"])):
+            return status
+        if status == "queued" and time.time() - (run.get("updated") or 0) < QUEUED_GRACE_S:
+            return status  # created a moment ago; its trainer is still loading
+        return "interrupted"
+
     def list_runs(self) -> list[dict[str, Any]]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
@@ -97,9 +118,11 @@ class RunStore:
                        (run_id, scope, epoch, step, time.time(), json.dumps(values)))
 
     def truncate_metrics(self, run_id: str, after_step: int) -> None:
-        """Drop metrics logged after a checkpoint, before a resume repeats those steps."""
+        """Drop metrics logged after a checkpoint, before a resume repeats those steps (all of them, the
+        baseline's too, when `after_step` < 0: a resume that starts over)."""
         with self._lock, self._connect() as db:
-            db.execute("DELETE FROM metrics WHERE run_id=? AND step>? AND scope!='baseline'", (run_id, after_step))
+            db.execute("DELETE FROM metrics WHERE run_id=? AND step>? AND (scope!='baseline' OR ?<0)",
+                       (run_id, after_step, after_step))
 
     def metrics(self, run_id: str, scope: str) -> list[dict[str, Any]]:
         with self._connect() as db:

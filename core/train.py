@@ -210,7 +210,7 @@ class Trainer:
         saved = load_train_state(self.state_path) if resume and os.path.exists(self.state_path) else None
         self.emit(RunStarted(self.run_id, cfg.to_dict(), data.describe(), _device_name(device), total_epochs,
                              self.steps_per_epoch, len(model.groups), initial_frozen,
-                             saved["loop"]["step"] if saved else None))
+                             saved["loop"]["step"] if saved else (-1 if resume else None)))
 
         # 2. baseline: frozen pretrained features + a fitted linear head. It is validated as "epoch 0" and
         #    kept as the first best checkpoint, so a run never ends worse (on val loss) than its baseline.
@@ -241,6 +241,9 @@ class Trainer:
                 x_train, y_train = extract_features(model, self.train_src, self.amp, cfg.channels_last)
                 self._set_head(*fit_linear_head(x_train, y_train, len(data.classes), cfg.seed, device)[:2])
             self.ema = self._new_ema()
+            # the state a resume starts from is the one fine-tuning starts from: after the head's reset or
+            # refit (a kill in the first epoch must not resume from the probe's head)
+            self._save_state(state)
         else:
             self._start_stage(0, restoring=True)
             self.ema = self._new_ema()
@@ -405,7 +408,7 @@ class Trainer:
             state.kept, state.kept_rule = PROBE, "no fine-tuning epoch yet"
             save_model(self.model, self.probe_path, self._meta({"epoch": 0, **_pick(metrics, "val_")}))
             save_model(self.model, self.best_path, self._meta({"epoch": 0, **_pick(metrics, "val_")}))
-            saved = True
+            saved = True  # the training state is saved by the caller, once the fine-tuning head is set
         else:  # early stopping's patience counts fine-tuning epochs only, never against the baseline
             state.epoch += 1
             state.epoch_in_stage += 1
@@ -427,7 +430,7 @@ class Trainer:
                 copy_model(self.tuned_path if kept == FINE_TUNED else self.probe_path, self.best_path)
                 saved = True
             state.kept = kept
-        self._save_state(state)
+            self._save_state(state)
         metrics["epoch_seconds"] = time.time() - started
         state.history.append({"epoch": state.epoch, **metrics})
         self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, saved, self.best_path))

@@ -1,0 +1,105 @@
+"""Files written so that a crash, a kill or a full disk never leaves half of one: write to a temporary file
+in the same folder, fsync it, rename it over the target, fsync the folder. Leftover temporaries of a killed
+writer are recognisable by name and cleaned up by the next owner of the folder.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+from typing import Callable
+
+TMP_PREFIX = ".tmp-"
+
+
+class DiskFull(OSError):
+    """Not enough free space to write a file; the message says where, how much is free and how much is needed."""
+
+
+def free_bytes(folder: str) -> int:
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder or ".").free
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def disk_full(folder: str, need: int) -> DiskFull:
+    return DiskFull(errno.ENOSPC, f"disk full in {folder} (free {format_bytes(free_bytes(folder))}, need "
+                                  f"{format_bytes(need)}); free some space (old runs, datasets) and resume")
+
+
+def ensure_space(folder: str, need: int, margin: float = 1.1) -> None:
+    """Raise DiskFull before writing `need` bytes into `folder` when they would not fit (with a margin)."""
+    if free_bytes(folder) < need * margin:
+        raise disk_full(folder, need)
+
+
+def atomic_write(path: str, write: Callable[[str], None], size_hint: int = 0) -> str:
+    """`write(tmp_path)` writes the content; it then replaces `path` in one step. ENOSPC becomes DiskFull."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if size_hint:
+        ensure_space(folder, size_hint)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFull):
+            raise disk_full(folder, size_hint or 0) from exc
+        raise
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return atomic_write(path, write, len(text.encode()))
+
+
+def clean_leftovers(folder: str, older_than_s: float = 0.0) -> int:
+    """Remove temporaries of killed writers directly in `folder` (not below it); returns how many."""
+    removed = 0
+    if not os.path.isdir(folder):
+        return 0
+    now = time.time()
+    for entry in os.scandir(folder):
+        name = entry.name
+        leftover = name.startswith(TMP_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))
+        if leftover and entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime >= older_than_s:
+            try:
+                os.remove(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(fd)
