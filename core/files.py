@@ -17,6 +17,9 @@ TMP_PREFIX = ".tmp-"
 class DiskFull(OSError):
     """Not enough free space to write a file; the message says where, how much is free and how much is needed."""
 
+    def __str__(self) -> str:  # the sentence only, without OSError's "[Errno 28]"
+        return str(self.strerror)
+
 
 def free_bytes(folder: str) -> int:
     while folder and not os.path.exists(folder):
@@ -58,17 +61,30 @@ def atomic_write(path: str, write: Callable[[str], None], size_hint: int = 0) ->
         os.replace(tmp, path)
         _fsync_dir(folder)
     except BaseException as exc:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFull):
-            raise disk_full(folder, size_hint or 0) from exc
+        if _is_disk_full(exc):
+            raise disk_full(folder, max(size_hint, written)) from exc
         raise
     return path
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also as writers word it: torch.save's "unexpected pos" / "PytorchStreamWriter failed"
+    (a RuntimeError from its zip writer), safetensors' "No space left on device"."""
+    if isinstance(exc, DiskFull):
+        return False
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return isinstance(exc, (RuntimeError, OSError)) and any(
+        s in text for s in ("No space left on device", "unexpected pos", "PytorchStreamWriter failed", "Disk quota"))
+
+
 def write_text(path: str, text: str) -> str:
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
 
     return atomic_write(path, write, len(text.encode()))

@@ -942,10 +942,9 @@ def dataset_hash(samples: Iterable[Sample]) -> str:
 
 
 def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=None, separators=(",", ":"), sort_keys=True)
-    os.replace(tmp, path)
+    from .files import write_text  # fsync'd, renamed into place; a full disk is a DiskFull naming the folder
+
+    write_text(str(path), json.dumps(obj, indent=None, separators=(",", ":"), sort_keys=True))
 
 
 def _indexed(datasets: Path, key: str) -> Dataset | None:

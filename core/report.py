@@ -386,18 +386,10 @@ def write_report(report: EvaluationReport, folder: str) -> EvaluationReport:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename it over `path`."""
-    import tempfile
+    """Write to a temporary file in the same folder, fsync it, then rename it over `path`."""
+    from .files import write_text
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text(path, text)
 
 
 def metric_rows(report: EvaluationReport) -> list[dict[str, Any]]:
@@ -651,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true", help="print the JSON only, write no files")
     parser.add_argument("--seed", type=int, default=0)
     from .catalog import CatalogError
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .ingest import IngestError
     from .splits import SplitError
@@ -677,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except (EvaluationError, RunNotFound, CatalogError, CostError, CorruptionError, DataError, IngestError,
-            SplitError, FileNotFoundError) as exc:
+            SplitError, CheckpointError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(json.dumps({"status": "error", "error": str(exc)}))
         return 2

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import random
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -298,17 +297,9 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
         text = _manifest_csv(manifest)
     else:
         raise ValueError(f"{path}: a manifest file must end in .json or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .files import write_text  # fsync'd, renamed into place; a full disk is a DiskFull naming the folder
+
+    write_text(str(path), text)
     return path
 
 

@@ -19,7 +19,8 @@ import torch
 
 from .augment import augment_batch
 from .backbones import load_backbone
-from .checkpoint import copy_model, load_train_state, rng_state, save_model, save_train_state, set_rng_state
+from .checkpoint import copy_model, load_train_state, read_weights, rng_state, save_model, save_train_state, \
+    set_rng_state
 from .config import TrainConfig
 from .data import BatchSource, SplitData, cache_bytes, memory_budget
 from .events import BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finished, GradientStats, Note, RunStarted, \
@@ -102,6 +103,7 @@ class LoopState:
     baseline: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     gradients: list[dict[str, float]] = field(default_factory=list)  # core.gradients rows (thinned to 400)
+    accumulate: int = 1  # micro-batches per optimizer step: raised after running out of memory
 
 
 def monitor_score(metrics: dict[str, float], monitor: str) -> list[float]:
@@ -165,6 +167,7 @@ class Trainer:
         self.probe_path = os.path.join(self.ckpt_dir, "probe.safetensors")  # epoch 0, the linear probe
         self.tuned_path = os.path.join(self.ckpt_dir, "best_tuned.safetensors")  # the best fine-tuning epoch
         self.fine_tuning, self.ema, self.anchor, self.l2sp_pairs = False, None, {}, []
+        self._accumulate = 1  # micro-batches per batch (LoopState.accumulate), for evaluation passes too
 
     def emit(self, event) -> None:
         self.dispatcher.emit(event)
@@ -203,6 +206,7 @@ class Trainer:
         self.test_src = BatchSource(data.test, self.pre, device, bs * 2, cached, cfg.num_workers)
         self.loss_fn = make_loss(cfg.loss, data.class_counts(), cfg.label_smoothing, cfg.focal_gamma).to(device)
         self.eval_loss = torch.nn.CrossEntropyLoss()  # comparable across runs whatever the training loss
+        check_memory(model, cfg, device, self.pre, cache_bytes(total, self.pre) if cached else 0)
         self.steps_per_epoch = self.train_src.num_batches(drop_last=True)
         self.val_every = cfg.val_interval(self.steps_per_epoch)
         self.report_every = 1 if device.type == "cpu" else 10  # steps between loss reads (device syncs)
@@ -255,7 +259,14 @@ class Trainer:
         while True:
             stage_epochs = cfg.epochs if state.stage == 0 else cfg.stage_epochs
             while state.epoch_in_stage < stage_epochs:
-                if not self._train_epoch(state):
+                try:
+                    trained = self._train_epoch(state)
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    state = self._after_out_of_memory(state, exc)  # the epoch again, in smaller micro-batches
+                    continue
+                if not trained:
                     status = "stopped"
                     break
                 if cfg.early_stopping_patience and state.bad_epochs >= cfg.early_stopping_patience:
@@ -335,23 +346,33 @@ class Trainer:
             x, y_mix, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                logits = self.forward(x)
-            loss = self.loss_fn(logits.float(), y)
-            if lam < 1.0:  # mixed images: each of the two labels weighted by its share of the picture
-                loss = lam * loss + (1 - lam) * self.loss_fn(logits.float(), y_mix)
-            if self.anchor:
-                loss = loss + self._l2sp_penalty()
+            self.optimizer.zero_grad(set_to_none=True)
+            # one optimizer step over the batch, in `accumulate` micro-batches (1 unless memory ran out): each
+            # part's loss weighted by its share of the batch, so the gradient is the whole batch's
+            loss, logits_parts = 0.0, []
+            for part in _parts(len(y), state.accumulate):
+                share = (part.stop - part.start) / len(y)
+                with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    logits = self.forward(x[part])
+                part_loss = self.loss_fn(logits.float(), y[part])
+                if lam < 1.0:  # mixed images: each of the two labels weighted by its share of the picture
+                    part_loss = lam * part_loss + (1 - lam) * self.loss_fn(logits.float(), y_mix[part])
+                if self.anchor:
+                    part_loss = part_loss + self._l2sp_penalty()
+                if state.accumulate > 1:
+                    part_loss = part_loss * share
+                self.scaler.scale(part_loss).backward()
+                loss = loss + part_loss.detach()
+                logits_parts.append(logits.detach())
+            logits = logits_parts[0] if len(logits_parts) == 1 else torch.cat(logits_parts)
             report = b % self.report_every == 0 or b == self.steps_per_epoch - 1
             if report:  # reading the loss waits for the device: on a GPU, only every few steps
-                loss_value = float(loss.detach())
+                loss_value = float(loss)
                 if not math.isfinite(loss_value):
                     raise TrainingFailed(
                         f"the loss became {loss_value} at epoch {state.epoch + 1}, batch {b + 1}; training stopped "
                         f"and the best checkpoint was kept. Lower the learning rate (now {cfg.lr:g}) or check "
                         "the data.")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
             watch = self.gradients is not None and self.gradients.due(state.step)
             if watch:
                 self.gradients.capture(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
@@ -368,8 +389,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(model)
             state.step += 1
-            losses.append(loss.detach())
-            preds.append(logits.detach().argmax(1))
+            losses.append(loss)
+            preds.append(logits.argmax(1))
             labels.append(y)
             seen += len(y)
             if report:
@@ -435,6 +456,25 @@ class Trainer:
         state.history.append({"epoch": state.epoch, **metrics})
         self.emit(EpochEnd(self.run_id, state.epoch, state.step, metrics, saved, self.best_path))
 
+    def _after_out_of_memory(self, state: LoopState, exc: BaseException) -> LoopState:
+        """Out of memory in an epoch: back to the epoch's start (its saved state) and the same effective
+        batch in twice as many micro-batches, or TrainingFailed with advice below MIN_MICRO_BATCH."""
+        bs = self.config.batch_size
+        accumulate = state.accumulate * 2
+        micro = -(-bs // accumulate)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        self.optimizer.zero_grad(set_to_none=True)
+        _free_device_memory(self.device)
+        if micro < MIN_MICRO_BATCH or not os.path.exists(self.state_path):
+            raise TrainingFailed(f"out of memory on {_device_name(self.device)} even in micro-batches of "
+                                 f"{-(-bs // state.accumulate)} images ({first}). {memory_advice(self.device, self.config)}")
+        state = self._restore(load_train_state(self.state_path))
+        state.accumulate = self._accumulate = accumulate
+        self.emit(Note(self.run_id, f"out of memory on {_device_name(self.device)} at epoch {state.epoch + 1} "
+                                    f"({first}); retrying the epoch in micro-batches of {micro} images, {accumulate} "
+                                    f"per step, so the effective batch stays {bs}"))
+        return state
+
     def _l2sp_penalty(self) -> torch.Tensor:
         return 0.5 * self.config.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in self.l2sp_pairs)
 
@@ -483,10 +523,14 @@ class Trainer:
             x = self.pre.eval_input(images)
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-                logits = model(x).float()
-                if tta:  # the mirror image's logits averaged in
-                    logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+            parts = []
+            for part in _parts(len(x), self._accumulate):
+                with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    logits = model(x[part]).float()
+                    if tta:  # the mirror image's logits averaged in
+                        logits = (logits + model(torch.flip(x[part], dims=[3])).float()) / 2
+                parts.append(logits)
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts)
             total_loss += float(self.eval_loss(logits, y)) * len(y)
             preds.append(logits.argmax(1).cpu())
             labels.append(y.cpu())
@@ -530,12 +574,11 @@ class Trainer:
         if self.ema is not None and saved.get("ema"):
             self.ema.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
+        self._accumulate = state.accumulate
         return state
 
     def _load_weights(self, path: str) -> None:
-        from safetensors.torch import load_file
-
-        self.model.load_state_dict(load_file(path, device=str(self.device)))
+        self.model.load_state_dict(read_weights(path, str(self.device)))
 
     def _wise_ft(self, state: LoopState) -> float:
         """WiSE-FT (Wortsman et al. 2022): the best weights mixed with the probe's, w = (1-a) w0 + a w1, the
@@ -635,6 +678,115 @@ class Trainer:
 WISE_FT_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # from the fine-tuned end: ties keep more of it
 
 
+# ------------------------------------------------------------------------------------------ memory
+MIN_MICRO_BATCH = 2  # below this, BatchNorm's batch statistics are meaningless: give up instead
+MEMORY_MARGIN = 1.3  # activation gradients, allocator fragmentation and workspaces on top of the estimate
+
+
+def _parts(n: int, accumulate: int) -> list[slice]:
+    """`n` items in `accumulate` nearly equal consecutive slices (one slice of all when accumulate is 1)."""
+    size = -(-n // max(1, accumulate))
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)] if n else [slice(0, 0)]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, MPS's and the CPU allocator's RuntimeErrors."""
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+        or "failed to allocate" in text)
+
+
+def _free_device_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on `device` now, or None when it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "mps":
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) * 1024
+    except (OSError, StopIteration, ValueError, RuntimeError, AttributeError):
+        return None
+
+
+def memory_advice(device: torch.device, config: TrainConfig) -> str:
+    common = (f"lower batch_size (now {config.batch_size}) or image_size, or raise freeze_ratio (now "
+              f"{config.freeze_ratio:g}) so fewer layers keep activations for backward")
+    if device.type == "cuda":
+        return (f"To fit: {common}; use amp bf16; or free the GPU (other processes: nvidia-smi).")
+    if device.type == "mps":
+        return f"To fit: {common}; close other apps using the GPU's unified memory."
+    return f"To fit: {common}; set max_cache_gb lower or num_workers to 0; close other programs."
+
+
+def activation_bytes_per_image(model: torch.nn.Module, config: TrainConfig, device: torch.device,
+                               pre) -> int:
+    """Bytes autograd keeps per training image for backward (a forward of 2 images, in eval mode so that
+    neither BatchNorm statistics nor random numbers change)."""
+    params = {p.data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    was_training = model.training
+    model.eval()
+    size = pre.input_size
+    x = torch.zeros(2, 3, size, size, device=device)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = resolve_amp(config.amp, device)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            model(x)
+    finally:
+        model.train(was_training)
+    return sum(saved.values()) // 2
+
+
+def check_memory(model: torch.nn.Module, config: TrainConfig, device: torch.device, pre, cache: int = 0,
+                 free: int | None = None) -> None:
+    """TrainingFailed, before training starts, when the run's estimated memory (weights, gradients, optimizer
+    state, the activations of one batch, the image cache) exceeds what is free on the device."""
+    free = free_memory(device) if free is None else free
+    if free is None:
+        return
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    states = 2 if config.optimizer == "adamw" else 1
+    fixed = params + trainable * (1 + states) + cache
+    per_image = activation_bytes_per_image(model, config, device, pre) * MEMORY_MARGIN
+    need = fixed + per_image * config.batch_size
+    if need <= free:
+        return
+    from .files import format_bytes
+
+    fits = int((free - fixed) // per_image) if free > fixed and per_image else 0
+    hint = (f"a batch of {fits} fits (set batch_size={fits})" if fits >= MIN_MICRO_BATCH
+            else "even a batch of 2 does not fit")
+    raise TrainingFailed(f"this run needs about {format_bytes(need)} of memory on {_device_name(device)} "
+                         f"(weights, gradients and optimizer state {format_bytes(fixed - cache)}, image cache "
+                         f"{format_bytes(cache)}, activations of a batch of {config.batch_size} "
+                         f"{format_bytes(per_image * config.batch_size)}) and {format_bytes(free)} is free: "
+                         f"{hint}. {memory_advice(device, config)}")
+
+
 def _interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """(1 - alpha) * start + alpha * end for every floating tensor; counters (BatchNorm's) from `end`."""
     return {k: torch.lerp(start[k], v, alpha) if v.is_floating_point() else v for k, v in end.items()}
@@ -658,9 +810,16 @@ def _maybe_compile(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 def _explain(exc: BaseException) -> str:
     """A message a person can act on, for the failures people actually meet."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return ("the GPU ran out of memory. Lower batch_size, raise freeze_ratio, or set image_size smaller. "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if isinstance(exc, TrainingFailed):
+        return str(exc)
+    from .checkpoint import CheckpointError
+    from .files import DiskFull
+
+    if isinstance(exc, (DiskFull, CheckpointError)):
+        return str(exc)
+    if is_out_of_memory(exc):
+        return (f"out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Lower batch_size, "
+                "raise freeze_ratio, or set image_size smaller.")
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         return f"could not read {exc.filename}: {exc.strerror or exc}. Remove or replace the file and resume."
     from PIL import UnidentifiedImageError
