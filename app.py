@@ -1,9 +1,14 @@
 """Transfer Studio: the dashboard's entry point. It only navigates; the pages live in pages/, the work in core/."""
+import os
+
 import streamlit as st
 
 from pages import ui
 
-st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
+# a local file: with a ":material/...:" page icon the browser fetches the icon from Google's font CDN, which
+# our servers cannot reach
+ICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "icon.png")
+st.set_page_config(page_title="Transfer Studio", page_icon=ICON, layout="wide")
 
 ICONS = {"pages/home.py": ":material/home:", "pages/models.py": ":material/neurology:",
          "pages/dataset.py": ":material/photo_library:", "pages/configure.py": ":material/tune:",

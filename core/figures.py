@@ -1,14 +1,23 @@
 """Plotly figures of evaluation results: the dashboard shows them, the HTML report inlines them.
 
 Each function takes one of our result dataclasses and returns a `plotly.graph_objects.Figure`; nothing
-here computes a metric. Plotly is imported when a figure is built, never at import time.
+here computes a metric. Plotly is imported when a figure is built, never at import time. User strings (class and
+model names, a currency) go through `plot_text`: plotly draws a subset of HTML in every label, title and hover.
 """
 from __future__ import annotations
 
+import html
 import math
 from typing import Any, Sequence
 
 _HEIGHT = 420
+
+
+def plot_text(value: Any) -> str:
+    """`value` as literal text in a plotly label, title, legend or hover: plotly renders `<a href>`, `<b>`, `<br>`
+    and `<span style>` in text (a class named `<a href="http://evil.example">x</a>` would be a link) and decodes
+    `&lt;`, `&gt;` and `&amp;` back into the characters, so escaping those three shows the name as written."""
+    return html.escape(str(value), quote=False)
 
 
 def _go():
@@ -27,7 +36,7 @@ def confusion_figure(evaluation, normalized: bool = True, selected: tuple[int, i
     customdata is (true index, predicted index); `confusion_cell` reads it back. `selected` outlines a cell.
     """
     go = _go()
-    classes = list(evaluation.classes)
+    classes = [plot_text(c) for c in evaluation.classes]
     n = len(classes)
     counts = [list(r) for r in evaluation.confusion]
     shares = [list(r) for r in evaluation.confusion_normalized]
@@ -91,7 +100,7 @@ def reliability_figure(evaluation):
 
 def per_class_figure(evaluation):
     go = _go()
-    classes = [row["class"] for row in evaluation.per_class]
+    classes = [plot_text(row["class"]) for row in evaluation.per_class]
     fig = go.Figure([go.Bar(name=m, x=classes, y=[row[m] for row in evaluation.per_class])
                      for m in ("precision", "recall", "f1")])
     fig.update_layout(title="Per-class precision, recall and F1", barmode="group", yaxis_range=[0, 1],
@@ -108,7 +117,7 @@ def _error_bars(values: Sequence[float], intervals: Sequence[Any]) -> dict[str, 
 def models_figure(models: Sequence[Any]):
     """The fine-tuned model and its baselines: accuracy and macro-F1 with bootstrap 95% intervals."""
     go = _go()
-    names = [m.name for m in models]
+    names = [plot_text(m.name) for m in models]
     fig = go.Figure()
     for metric in ("accuracy", "macro_f1"):
         values = [m.metrics.get(metric, float("nan")) for m in models]
@@ -137,9 +146,10 @@ def robustness_figure(robustness):
 def costs_figure(costs: Sequence[Any], currency: str = ""):
     go = _go()
     values = [c.cost_per_month for c in costs]
-    fig = go.Figure(go.Bar(x=[c.model for c in costs], y=values,
+    fig = go.Figure(go.Bar(x=[plot_text(c.model) for c in costs], y=values,
                            error_y=_error_bars(values, [c.cost_per_month_interval for c in costs])))
-    fig.update_layout(title=f"Cost of errors per month{' (' + currency + ')' if currency else ''}, 95% interval",
+    unit = f" ({plot_text(currency)})" if currency else ""
+    fig.update_layout(title=f"Cost of errors per month{unit}, 95% interval",
                       yaxis_title="cost per month", height=_HEIGHT)
     return fig
 
@@ -152,7 +162,7 @@ def bakeoff_figure(result):
     sizes = [12 + 48 * math.sqrt(r.parameters / largest) for r in rows]
     acc = [r.linear["accuracy"] for r in rows]
     fig = go.Figure(go.Scatter(
-        x=[r.latency_ms_batch1 for r in rows], y=acc, mode="markers+text", text=[r.name for r in rows],
+        x=[r.latency_ms_batch1 for r in rows], y=acc, mode="markers+text", text=[plot_text(r.name) for r in rows],
         textposition="top center", error_y=_error_bars(acc, [r.linear_intervals.get("accuracy") for r in rows]),
         marker={"size": sizes, "opacity": 0.6,
                 "line": {"width": [4 if r.name == result.recommendation else 1 for r in rows], "color": "black"}},
@@ -162,7 +172,7 @@ def bakeoff_figure(result):
                       "<br>%{customdata[0]:.1f} M parameters<br>k-NN accuracy %{customdata[2]:.3f}"
                       "<br>peak memory %{customdata[3]:.0f} MiB<extra></extra>"))
     fig.update_layout(title=f"Bake-off: validation accuracy (linear probe, 95% interval) vs latency; "
-                            f"recommended: {result.recommendation}",
+                            f"recommended: {plot_text(result.recommendation)}",
                       xaxis_title=f"latency per image at batch 1, ms ({result.device}, {result.dtype})",
                       yaxis_title="validation accuracy", height=_HEIGHT)
     return fig

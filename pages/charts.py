@@ -1,12 +1,14 @@
 """Plotly figures for the pages, built from the tidy tables core returns (no Streamlit here). Figures of an
 evaluation (confusion matrix, reliability, baselines, robustness, costs) are core.figures: the HTML report
-draws them too."""
+draws them too. User strings (class names, run names) go through core.figures.plot_text, as there."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+
+from core.figures import plot_text
 
 FROZEN, TRAINABLE, HEAD = "#9aa5b1", "#2f7ed8", "#f28e2b"
 PALETTE = ("#2f7ed8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
@@ -77,7 +79,7 @@ def class_counts_figure(split_counts: Mapping[str, Mapping[str, int]]) -> go.Fig
     fig = go.Figure()
     colors = {"train": "#2f7ed8", "val": "#f28e2b", "test": "#59a14f", "unsplit": "#9aa5b1"}
     for split, per_class in split_counts.items():
-        fig.add_trace(go.Bar(x=list(per_class), y=list(per_class.values()), name=split,
+        fig.add_trace(go.Bar(x=[plot_text(c) for c in per_class], y=list(per_class.values()), name=split,
                              marker_color=colors.get(split)))
     fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class", yaxis_title="images",
                       **_LAYOUT)
@@ -90,7 +92,7 @@ def overlay_figure(frame: pd.DataFrame, metric: str, title: str) -> go.Figure:
     fig = go.Figure()
     part = frame[frame["metric"] == metric]
     for i, (run, rows) in enumerate(part.groupby("run", sort=False)):
-        fig.add_trace(go.Scatter(x=rows["epoch"], y=rows["value"], name=run, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=rows["epoch"], y=rows["value"], name=plot_text(run), mode="lines+markers",
                                  line=dict(color=PALETTE[i % len(PALETTE)])))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
     return fig

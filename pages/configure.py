@@ -187,13 +187,14 @@ with st.expander("Machine and tracking"):
 try:
     config = ui.config_from_widgets(base).validate()
 except ConfigError as exc:
-    st.error(f"**This configuration cannot be used:** {exc}. Change that setting above.")
+    st.error(f"**This configuration cannot be used:** {ui.md_escape(exc)}. Change that setting above.")
     ui.stop_page()
 st.session_state[ui.CONFIG] = config.to_dict()
 
 overview = ui.current_overview()
-for item in advise_setup(config.to_dict(), overview.report.class_counts if overview else {}):
-    st.warning(f"**{item.code.replace('_', ' ').capitalize()}:** {item.message}. {item.action}")
+for item in advise_setup(config.to_dict(), overview.report.class_counts if overview else {}):  # may name classes
+    st.warning(f"**{item.code.replace('_', ' ').capitalize()}:** {ui.md_escape(item.message)}. "
+               f"{ui.md_escape(item.action)}")
 estimate = ui.estimate(config, overview)
 if estimate:
     groups_slot.plotly_chart(charts.groups_figure(estimate.groups), key="groups")
@@ -225,6 +226,6 @@ if estimate:
         st.warning(f"This run will be slow on the {estimate.device.upper()}: up to "
                    f"{format_seconds(estimate.total_seconds)}, {format_seconds(estimate.seconds_per_epoch)} per "
                    "epoch. For a first run, use the quick button above (smaller images, fewer epochs).")
-    for note in estimate.notes:
-        st.caption(note[0].upper() + note[1:] + ".")
+    for note in estimate.notes:  # may quote an error's message
+        st.caption(ui.md_escape(note[0].upper() + note[1:] + "."))
 st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

@@ -73,7 +73,7 @@ if overview is None:
     ui.stop_page()
 
 report = overview.report
-st.header(f"{overview.name}: {report.num_images:,} images, {len(report.class_counts)} classes")
+st.header(f"{ui.md_escape(overview.name)}: {report.num_images:,} images, {len(report.class_counts)} classes")
 sizes = overview.split_sizes()
 cols = st.columns(6)
 cols[0].metric("train", sizes.get("train", 0))
@@ -87,9 +87,9 @@ st.subheader("Audit")
 if report.blocks_training:
     st.error("Training is blocked by the errors below: fix the data and load it again.")
 show = {"error": st.error, "warning": st.warning, "info": st.info}
-for finding in report.findings:
-    show[finding.severity](f"**{finding.code.replace('_', ' ')}**: {finding.message}"
-                           + (f"\n\n*Fix:* {finding.fix}" if finding.fix else ""))
+for finding in report.findings:  # messages and fixes quote file and class names: shown as text
+    show[finding.severity](f"**{finding.code.replace('_', ' ')}**: {ui.md_escape(finding.message)}"
+                           + (f"\n\n*Fix:* {ui.md_escape(finding.fix)}" if finding.fix else ""))
     if finding.files and not finding.pairs:
         with st.expander(f"{len(finding.files)} file(s)"):
             st.code("\n".join(finding.files[:50]) + ("\n…" if len(finding.files) > 50 else ""), language=None)
@@ -100,15 +100,15 @@ with right:
     st.markdown("**Split sizes** (stratified, seeded; duplicates kept within one split)")
     st.dataframe(pd.DataFrame(overview.split_counts).fillna(0).astype(int), height=300)
     if overview.split_error:
-        st.error(f"**The data cannot be split as configured.** {overview.split_error}")
+        st.error(f"**The data cannot be split as configured.** {ui.md_escape(overview.split_error)}")
     for warning in overview.manifest.warnings if overview.manifest else ():
-        st.warning(warning)
+        st.warning(ui.md_escape(warning))
 
 st.subheader("Examples per class")
 labels = list(overview.examples)
 shown = st.multiselect("Classes to show", labels, default=labels[:10]) if len(labels) > 10 else labels
 for label in shown:
-    st.markdown(f"**{label}** · {report.class_counts.get(label, 0)} images")
+    st.markdown(f"**{ui.md_escape(label)}** · {report.class_counts.get(label, 0)} images")
     st.image(list(overview.examples[label]), width=72)
 
 if overview.pairs:
@@ -118,8 +118,10 @@ if overview.pairs:
     for pair in overview.pairs:
         st.markdown(f"**{pair.code.replace('_', ' ')}** ({pair.severity})")
         a, b, _ = st.columns([1, 1, 2])
-        a.image(pair.a, caption=f"{pair.label_a} · {pair.split_a} · {os.path.basename(pair.a)}", width=120)
-        b.image(pair.b, caption=f"{pair.label_b} · {pair.split_b} · {os.path.basename(pair.b)}", width=120)
+        a.image(pair.a, caption=ui.md_escape(f"{pair.label_a} · {pair.split_a} · {os.path.basename(pair.a)}"),
+                width=120)
+        b.image(pair.b, caption=ui.md_escape(f"{pair.label_b} · {pair.split_b} · {os.path.basename(pair.b)}"),
+                width=120)
 
 found = [g for g in (overview.manifest.grouping if overview.manifest else ()) if g.get("groups")]
 if found or overview.related or ui.current_config().group_by == "none":
@@ -130,10 +132,11 @@ if found or overview.related or ui.current_config().group_by == "none":
     for g in found:
         st.markdown(f"**{g['images']:,} images in {g['groups']:,} groups** "
                     f"({'file names' if g['source'] == 'names' else 'image similarity' if g['source'] == 'embeddings' else 'your groups'}): "
-                    f"{g['rule']}.")
+                    f"{ui.md_escape(g['rule'])}.")
     for example in overview.related[:6]:
         st.image(list(example.paths)[:6], width=96,
-                 caption=[f"{example.label} · {example.split} · {os.path.basename(p)}" for p in example.paths[:6]])
+                 caption=[ui.md_escape(f"{example.label} · {example.split} · {os.path.basename(p)}")
+                          for p in example.paths[:6]])
     grouped = ui.current_config().group_by != "none"
     choice = st.toggle("Split by these groups", value=grouped,
                        help="On: each group stays within one split (recommended). Off: only exact and near "

@@ -63,9 +63,11 @@ def cell_of(value, n: int) -> tuple[int, int] | None:
 
 
 def image_grid(items, caption) -> None:
+    """The first N_SHOWN images, each with `caption(item)` (shown as text: captions render Markdown, and they
+    name classes)."""
     shown = list(items)[:N_SHOWN]
     if shown:
-        st.image([m["path"] for m in shown], width=96, caption=[caption(m) for m in shown])
+        st.image([m["path"] for m in shown], width=96, caption=[ui.md_escape(caption(m)) for m in shown])
     if len(items) > N_SHOWN:
         st.caption(f"The first {N_SHOWN} of {len(items)}.")
 
@@ -126,9 +128,10 @@ st.caption(f"{result.n_images} {split} images. 95% bootstrap intervals: {interva
            + ("The linear probe is the baseline every run records first: the frozen pretrained model with only a "
               "linear classifier fitted on its features. Fine-tuning should beat it." if result.baseline else ""))
 if outcome.get("sentence"):
-    (st.warning if is_probe else st.info)(outcome["sentence"])
-for item in (by_id[run_id].get("summary") or {}).get("advice", ()):
-    st.caption(f"**Advice ({item['code'].replace('_', ' ')}):** {item['message']}. {item['action']}")
+    (st.warning if is_probe else st.info)(ui.md_escape(outcome["sentence"]))
+for item in (by_id[run_id].get("summary") or {}).get("advice", ()):  # may name classes
+    st.caption(f"**Advice ({item['code'].replace('_', ' ')}):** {ui.md_escape(item['message'])}. "
+               f"{ui.md_escape(item['action'])}")
 cols = st.columns(5)
 for col, k in zip(cols, (3, 5)):
     if f"top{k}_accuracy" in result.metrics:
@@ -179,13 +182,13 @@ with tabs[0]:
             t, p = cell_of(cell, len(classes))
             images = ui.attempt("Finding the images", cell_images, result, t, p)
             if images is not None:
-                what = "classified correctly" if t == p else f"predicted as {classes[p]}"
+                what = "classified correctly" if t == p else f"predicted as {ui.md_escape(classes[p])}"
+                of = f"of {ui.md_escape(classes[t])} {what}"
                 if images:
-                    st.markdown(f"**{len(images)} image{'' if len(images) == 1 else 's'} of {classes[t]} {what}**, "
-                                "most confident first")
+                    st.markdown(f"**{len(images)} image{'' if len(images) == 1 else 's'} {of}**, most confident first")
                     image_grid(images, lambda m: f"{m['confidence']:.0%}")
                 else:
-                    st.markdown(f"**No image of {classes[t]} {what}.**")
+                    st.markdown(f"**No image {of}.**")
 
     st.subheader("Most confused class pairs")
     if result.confused_pairs:
@@ -278,7 +281,7 @@ with tabs[2]:
         if now is None or not now.active:
             st.rerun()  # finished: the whole page shows the report
         st.progress(min(0.99, now.messages / max(steps, 1)),
-                    text=f"Building the report · {now.message} · {now.seconds:.0f} s")
+                    text=f"Building the report · {ui.md_escape(now.message)} · {now.seconds:.0f} s")
 
     report = None
     if snap is None:
@@ -286,14 +289,14 @@ with tabs[2]:
     elif snap.active:
         report_progress(snap.task_id, progress_steps(options))
     elif snap.status == "failed":
-        st.error(f"**Building the report failed.** {snap.error}")
+        st.error(f"**Building the report failed.** {ui.md_escape(snap.error)}")
     else:
         report = snap.result
         st.caption(f"Built in {report.seconds:.0f} s on {report.device}.")
         say = st.success if report.fine_tuning_helped else st.info if report.fine_tuning_helped is None else st.warning
-        say(report.verdict)
+        say(ui.md_escape(report.verdict))
         for note in report.notes:
-            st.caption(note)
+            st.caption(ui.md_escape(note))
         st.subheader("Fine-tuned model and baselines")
         st.dataframe(pd.DataFrame(model_rows(report)), hide_index=True, column_config={
             "accuracy": st.column_config.NumberColumn(format="%.3f"),
@@ -301,7 +304,7 @@ with tabs[2]:
             "log loss": st.column_config.NumberColumn(format="%.3f"),
             "seconds": st.column_config.NumberColumn(format="%.1f")})
         if report.comparison:
-            st.markdown(report.comparison.describe())
+            st.markdown(ui.md_escape(report.comparison.describe()))
         st.plotly_chart(figures.models_figure(report.models), key="evaluate.models")
         if report.deployment:
             st.subheader("Deployment, measured on this machine")
@@ -323,11 +326,11 @@ with tabs[2]:
         if report.drift:
             d = report.drift
             st.subheader("Second data source (drift)")
-            st.markdown(f"On **{d.source}**: accuracy **{d.accuracy:.1%}** (macro F1 {d.macro_f1:.1%}) on "
-                        f"{d.n_images} images, against {d.reference_accuracy:.1%} on the run's own {split} split; "
-                        f"{d.excluded_overlap} images left out as copies of train/val images"
-                        + (f"; unknown classes left out: {', '.join(d.unknown_classes)}" if d.unknown_classes
-                           else "") + ".")
+            st.markdown(f"On **{ui.md_escape(d.source)}**: accuracy **{d.accuracy:.1%}** (macro F1 "
+                        f"{d.macro_f1:.1%}) on {d.n_images} images, against {d.reference_accuracy:.1%} on the run's "
+                        f"own {split} split; {d.excluded_overlap} images left out as copies of train/val images"
+                        + (f"; unknown classes left out: {ui.md_escape(', '.join(d.unknown_classes))}"
+                           if d.unknown_classes else "") + ".")
 
 # ------------------------------------------------------------------------------------ cost of errors
 with tabs[3]:
@@ -390,7 +393,7 @@ with tabs[4]:
                 "a": st.column_config.NumberColumn(f"run {run_id}", format="%.4f"),
                 "b": st.column_config.NumberColumn(f"run {other}", format="%.4f"),
                 "difference": st.column_config.NumberColumn(f"{other} − {run_id}", format="%+.4f")})
-            (st.success if comparison.paired is not None else st.info)(comparison.reason)
+            (st.success if comparison.paired is not None else st.info)(ui.md_escape(comparison.reason))
 
 # ------------------------------------------------------------------------------------------- export
 with tabs[5]:

@@ -21,9 +21,10 @@ active = manager.active_jobs()
 finished = [r for r in runs if r["status"] in FINISHED]
 
 steps = [
-    ("pages/models.py", "Pick a model", True, f"{ui.current_model()} (the default works offline)"),
+    ("pages/models.py", "Pick a model", True, f"{ui.md_escape(ui.current_model())} (the default works offline)"),
     ("pages/dataset.py", "Load your images", bool(dataset_id),
-     ui.dataset_name(ui.workspace().root, dataset_id) if dataset_id else "a zip of class folders, or the demo"),
+     ui.md_escape(ui.dataset_name(ui.workspace().root, dataset_id)) if dataset_id
+     else "a zip of class folders, or the demo"),
     ("pages/configure.py", "Check the settings", ui.CONFIG in st.session_state,
      "suggested from your data; a time estimate before you start"),
     ("pages/train.py", "Train", bool(active or finished),

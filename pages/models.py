@@ -76,17 +76,18 @@ with st.expander("Another timm or torchvision model, by name", expanded="models.
                   help="Any pretrained timm name, or torchvision/<name>. It needs the hub to download weights.")
     st.button("Add it", on_click=_add_model)
     if "models.add_error" in st.session_state:
-        st.error(f"**Adding the model failed.** {st.session_state.pop('models.add_error')}")
+        st.error(f"**Adding the model failed.** {ui.md_escape(st.session_state.pop('models.add_error'))}")
 
 available = {r["name"]: r for r in rows}
-for model in candidates:
+for model in candidates:  # a typed name ("torchvision/<anything>") is the user's: shown as text
     entry = ui.attempt(f"Looking up {model!r}", resolve_entry, model)
     warning = license_warning(entry.license) if entry else None
     if warning:
-        st.warning(f"**{model}**: {warning}")
+        st.warning(f"**{ui.md_escape(model)}**: {warning}")
     row = available.get(model)
     if row is not None and not row["available"]:
-        st.warning(f"**{model}**: {row['availability']}. Without the network it cannot be trained here; "
+        st.warning(f"**{ui.md_escape(model)}**: {ui.md_escape(row['availability'])}. Without the network it "
+                   "cannot be trained here; "
                    "the offline EfficientNet-Lite models always can.")
 
 # --- the bake-off: the candidates ranked on the user's own images, on a background thread
@@ -113,7 +114,7 @@ def bakeoff_settings(dataset_id: str) -> tuple[BakeoffOptions | None, str]:
     ui.seed("models.bakeoff_floor", saved.get("floor", True))
     ui.seed("models.bakeoff_max_images", saved.get("max_images", DEFAULT_MAX_IMAGES))
     ui.seed("models.bakeoff_size", saved.get("size", 128))
-    floor = st.checkbox(f"Include {(candidates or [DEFAULT_MODEL])[0]} with random weights as a floor",
+    floor = st.checkbox(f"Include {ui.md_escape((candidates or [DEFAULT_MODEL])[0])} with random weights as a floor",
                         key="models.bakeoff_floor",
                         help="The first candidate's architecture without its ImageNet weights: the gap between it and "
                              "the pretrained candidates is what pretraining buys on your images.")
@@ -138,7 +139,8 @@ def bakeoff_settings(dataset_id: str) -> tuple[BakeoffOptions | None, str]:
 def show_bakeoff(result, current: bool) -> None:
     """The chart, the table, the recommendation and the buttons that pick the model to train."""
     if not current:
-        st.caption(f"These results are for an earlier choice ({', '.join(c.name for c in result.candidates)}); "
+        st.caption(f"These results are for an earlier choice "
+                   f"({ui.md_escape(', '.join(c.name for c in result.candidates))}); "
                    "run the bake-off again for the current one.")
     st.plotly_chart(bakeoff_figure(result), key="bakeoff_chart")
     table = pd.DataFrame(result_rows(result))
@@ -165,19 +167,20 @@ def show_bakeoff(result, current: bool) -> None:
                f"latency and memory measured on {result.device} ({result.dtype}; memory: {result.memory_method}). "
                f"Took {format_seconds(result.seconds)}.")
     for note in result.notes:
-        st.caption(note)
+        st.caption(ui.md_escape(note))
     trainable = [c.name for c in result.candidates if c.pretrained]  # random weights are a floor, not a choice
     if not trainable:
         return
     recommended = result.recommendation if result.recommendation in trainable else trainable[0]
-    st.success(f"**Recommended: {recommended}.** {result.reason}")
+    st.success(f"**Recommended: {ui.md_escape(recommended)}.** {ui.md_escape(result.reason)}")
     left, right = st.columns([2, 3], vertical_alignment="bottom")
-    left.button(f"Use {recommended} for training", type="primary", on_click=_use_for_training, args=(recommended,))
+    left.button(f"Use {ui.md_escape(recommended)} for training", type="primary", on_click=_use_for_training,
+                args=(recommended,))
     others = [name for name in trainable if name != recommended]
     if others:
         with right:
             other = st.selectbox("Or another candidate", others, key="models.bakeoff_other")
-            st.button(f"Use {other} instead", on_click=_use_for_training, args=(other,))
+            st.button(f"Use {ui.md_escape(other)} instead", on_click=_use_for_training, args=(other,))
 
 
 @st.fragment(run_every=POLL_EVERY)
@@ -186,7 +189,8 @@ def bakeoff_progress(task_id: str) -> None:
     snap = tasks.snapshot(task_id)
     if snap is None or not snap.active:
         st.rerun()
-    st.info(f"**Running: {snap.label}.** {snap.message[:1].upper() + snap.message[1:]} · {format_seconds(snap.seconds)} elapsed")
+    st.info(f"**Running: {ui.md_escape(snap.label)}.** {ui.md_escape(snap.message[:1].upper() + snap.message[1:])} · "
+            f"{format_seconds(snap.seconds)} elapsed")
     st.caption("It runs in the background: use the other pages meanwhile, the results wait here.")
 
 
@@ -213,11 +217,12 @@ else:
     snap = (tasks.latest(BAKEOFF, key) if key else None) or tasks.snapshot(st.session_state.get("models.bakeoff_task", ""))
     running = [s for s in tasks.active() if s.kind == BAKEOFF]
     if problem:
-        st.info(problem)
+        st.info(ui.md_escape(problem))
     else:
-        st.caption("Compares " + ", ".join(f"**{m}**" for m in bakeoff_options.models) + ".")
+        st.caption("Compares " + ", ".join(f"**{ui.md_escape(m)}**" for m in bakeoff_options.models) + ".")
     if running and not (snap and snap.active):
-        st.caption(f"Another bake-off is running ({running[0].label}); a second one would share this machine.")
+        st.caption(f"Another bake-off is running ({ui.md_escape(running[0].label)}); a second one would share this "
+                   "machine.")
     this_running = snap is not None and snap.active and snap.key == key
     if st.button("Run the bake-off" if not (snap and snap.key == key) else "Run the bake-off again",
                  disabled=bakeoff_options is None or this_running) and bakeoff_options is not None:
@@ -230,16 +235,18 @@ else:
     if snap is not None and snap.active:
         bakeoff_progress(snap.task_id)
     elif snap is not None and snap.status == "failed":
-        st.error(f"**The bake-off failed.** {snap.error}")
+        st.error(f"**The bake-off failed.** {ui.md_escape(snap.error)}")
     elif snap is not None:
         show_bakeoff(snap.result, current=snap.key == key)
     if "models.bakeoff_used" in st.session_state:
-        st.success(f"**{st.session_state.pop('models.bakeoff_used')}** is now the model to train (see below; the "
+        used = ui.md_escape(st.session_state.pop("models.bakeoff_used"))
+        st.success(f"**{used}** is now the model to train (see below; the "
                    "Configure and Train pages use it).")
 
 if candidates:
     current = ui.current_model() if ui.current_model() in candidates else candidates[0]
-    chosen = st.radio("Train with", candidates, index=candidates.index(current), horizontal=True)
+    chosen = st.radio("Train with", candidates, index=candidates.index(current), horizontal=True,
+                      format_func=ui.md_escape)  # radio options render Markdown
     st.session_state[ui.MODEL] = chosen
 else:
     st.info(f"No candidate picked: training uses {DEFAULT_MODEL}.")
@@ -257,10 +264,10 @@ if st.button("Check and use these weights", disabled=upload is None):
     if check is not None:
         st.session_state[ui.CHECKPOINT] = {"model": check.model, "path": check.path, "name": upload.name}
         st.session_state[ui.MODEL] = check.model
-        st.success(check.message)
+        st.success(ui.md_escape(check.message))  # it names the uploaded file
 ckpt = ui.current_checkpoint()
 if ckpt:
-    st.info(f"Training **{ckpt['model']}** starts from your weights **{ckpt['name']}**.")
+    st.info(f"Training **{ui.md_escape(ckpt['model'])}** starts from your weights **{ui.md_escape(ckpt['name'])}**.")
     if st.button("Use the pretrained weights instead"):
         del st.session_state[ui.CHECKPOINT]
         st.rerun()

@@ -67,7 +67,7 @@ with right:
     if status in RESUMABLE:
         error = table.set_index("run").error[run_id]
         if error:
-            st.error(f"It failed with: {error}")
+            st.error(f"It failed with: {ui.md_escape(error)}")  # errors quote file names
         if st.button(f"Resume {run_id} from its last checkpoint", type="primary"):
             if ui.attempt("Resuming the run", manager.resume, run_id):
                 st.session_state[ui.RUN] = run_id

@@ -24,7 +24,8 @@ with st.container(border=True):
         st.page_link("pages/dataset.py", label="Load a dataset", icon=":material/photo_library:")
     else:
         epochs = f"{config.epochs} epoch" + ("s" if config.epochs > 1 else "")
-        st.markdown(f"**{config.model}** on **{overview.name}** ({overview.report.num_images:,} images, "
+        st.markdown(f"**{ui.md_escape(config.model)}** on **{ui.md_escape(overview.name)}** "
+                    f"({overview.report.num_images:,} images, "
                     f"{len(overview.report.class_counts)} classes) · image size "
                     f"{config.image_size or 'the model’s own'} · {epochs} · batch {config.batch_size} · "
                     f"freeze {config.freeze_ratio:.0%} · lr {config.lr:g}"
@@ -91,7 +92,7 @@ def status_view() -> None:
         else:
             text = "Preparing: loading the model and decoding the images…"
         if snap.note:  # after the last epoch: the cross-validated check
-            text = snap.note[0].upper() + snap.note[1:]
+            text = ui.md_escape(snap.note[0].upper() + snap.note[1:])
         st.progress(snap.progress, text=text)
         if snap.status == "running" and st.button("Stop", help="Stops at the next batch; the last finished epoch's "
                                                                "checkpoint is kept and the run can be resumed."):
@@ -100,9 +101,9 @@ def status_view() -> None:
     stages = run_config.get("unfreeze_stages", 0)
     if stages or snap.stage_message:
         st.info(f"Progressive unfreezing: stage {snap.stage} of {stages} "
-                f"({snap.stage_message or 'the first stage, as frozen as configured'})")
+                f"({ui.md_escape(snap.stage_message) or 'the first stage, as frozen as configured'})")
     if snap.status == "failed":
-        st.error(f"**Training failed.** {snap.error}")
+        st.error(f"**Training failed.** {ui.md_escape(snap.error)}")  # errors quote file names
         st.caption("Fix the cause, then resume the run from its last checkpoint on the Runs page, or start a new one.")
     elif snap.status == "interrupted":
         st.warning("This run was interrupted (the server stopped while it trained). Resume it on the Runs page.")
@@ -135,13 +136,13 @@ def status_view() -> None:
         st.success(f"Finished in {format_seconds(snap.summary.get('seconds'))} on {snap.summary.get('device')}. "
                    "The kept model is saved.")
         if outcome.get("sentence"):
-            (st.warning if is_probe else st.info)(outcome["sentence"])
+            (st.warning if is_probe else st.info)(ui.md_escape(outcome["sentence"]))
         st.page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
     advice = advise_run(snap.epochs, run_config, run_counts, finished=not snap.active,
                         kept=(snap.summary.get("outcome") or {}).get("kept")) if snap.epochs and run_config else ()
     for item in advice:
         (st.warning if item.severity == "warning" else st.caption)(
-            f"**Advice ({item.code.replace('_', ' ')}):** {item.message}. {item.action}")
+            f"**Advice ({item.code.replace('_', ' ')}):** {ui.md_escape(item.message)}. {ui.md_escape(item.action)}")
     if polling and not snap.active:
         st.rerun()  # the whole page: the fragments are declared again without polling
 
@@ -174,7 +175,7 @@ def charts_view() -> None:
             summary = adaptation_summary(snap.gradients, snap.frozen_groups, snap.layer_groups,
                                          run_config.get("freeze_ratio", config.freeze_ratio))
             if summary["sentence"]:
-                st.caption(summary["sentence"])
+                st.caption(ui.md_escape(summary["sentence"]))
 
 
 status_view()

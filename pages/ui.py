@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,30 @@ PAGES = {  # file -> title; app.py builds the navigation from this
     "pages/runs.py": "5 · Runs",
     "pages/evaluate.py": "6 · Evaluate",
 }
+
+
+# --- user strings inside Markdown
+_MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")  # every ASCII punctuation character
+_WORD_JOINER = "\u2060"  # invisible, and not a word character
+
+
+def md_escape(value: Any) -> str:
+    """`value` (a class, file, dataset or model name, a message quoting one) as literal text inside Markdown.
+
+    Streamlit renders Markdown in st.markdown / write / caption / info / warning / error / success / headers, and in
+    labels, metric values, image captions, radio options and progress texts: a class named
+    `[click](http://evil.example)` would be a link there, `![x](http://evil.example/a.png)` an image fetched from
+    another host. Every ASCII punctuation character is backslash-escaped (CommonMark allows it for all of them),
+    which also keeps HTML tags, `:color[..]` directives and `$math$` as text. Three patterns Streamlit and GFM
+    look for in the text after the escapes are resolved (`:material_icon:` and `:emoji:` shortcodes, `www.` and
+    e-mail autolinks) are broken by an invisible word joiner before each `:`, `@` and `.`. Line breaks become
+    spaces (a name is inline text, never a heading or a list). Our own fixed wording keeps its Markdown.
+    """
+    text = " ".join(str(value).splitlines())
+    text = _MARKDOWN_PUNCTUATION.sub(lambda m: "\\" + m.group(), text)
+    for char in ":@.":
+        text = text.replace("\\" + char, _WORD_JOINER + "\\" + char)
+    return text
 
 
 # --- routing: every page runs inside app.py's navigation
@@ -102,17 +127,18 @@ def attempt(action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T |
     """Call into core; on failure show what went wrong as st.error and return None.
 
     core's errors (ConfigError, IngestError, WeightsError, CatalogError, SplitError, EvaluationError, ...)
-    are ValueError / LookupError / RuntimeError / OSError subclasses whose messages say what to do.
+    are ValueError / LookupError / RuntimeError / OSError subclasses whose messages say what to do. Both
+    `action` and the message may quote a file or model name: they are shown as text.
     """
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
         if isinstance(exc, USER_ERRORS) and not isinstance(exc, BUGS):
-            st.error(f"**{action} failed.** {exc}")
+            st.error(f"**{md_escape(action)} failed.** {md_escape(exc)}")
         else:  # a bug: say so plainly, keep the details for the server log
             log.exception("%s failed", action)
-            st.error(f"**{action} failed unexpectedly** ({type(exc).__name__}: {exc}). The server log has the "
-                     "details; please report it.")
+            st.error(f"**{md_escape(action)} failed unexpectedly** ({type(exc).__name__}: {md_escape(exc)}). The "
+                     "server log has the details; please report it.")
     return None
 
 
@@ -263,9 +289,11 @@ def sidebar(container) -> None:
         st.caption("Transfer Studio")
         st.markdown(f"**Device:** {device_label()}")
         dataset_id = st.session_state.get(DATASET)
-        st.markdown(f"**Dataset:** {dataset_name(workspace().root, dataset_id) if dataset_id else 'none yet'}")
+        name = md_escape(dataset_name(workspace().root, dataset_id)) if dataset_id else "none yet"
+        st.markdown(f"**Dataset:** {name}")
         ckpt = current_checkpoint()
-        st.markdown(f"**Model:** {current_model()}" + (f" (your weights: {ckpt['name']})" if ckpt else ""))
+        st.markdown(f"**Model:** {md_escape(current_model())}"
+                    + (f" (your weights: {md_escape(ckpt['name'])})" if ckpt else ""))
         manager = job_manager()
         # polls only while something runs: every rerun costs the server CPU that training on it needs
         (_polling_jobs_panel if manager.active_jobs() or manager.tasks.active() else _jobs_panel)()
@@ -287,8 +315,8 @@ def _jobs_panel_view(polling: bool = False) -> None:
     if jobs:
         st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
     for task in tasks:  # bake-offs, evaluation reports
-        st.markdown(f"**Running:** {task.label}")
-        st.caption(f"{task.message} · {format_seconds(task.seconds)}")
+        st.markdown(f"**Running:** {md_escape(task.label)}")  # labels and messages may name a dataset
+        st.caption(f"{md_escape(task.message)} · {format_seconds(task.seconds)}")
 
 
 _jobs_panel = st.fragment(_jobs_panel_view)

@@ -7,14 +7,14 @@ import pytest
 
 from core.ingest import resolve_dataset
 from pages import ui
-from tests.test_pages import assert_clean, open_page, texts, workspace  # noqa: F401 (a fixture)
+from tests.test_pages import assert_clean, open_page, shown, texts, workspace  # noqa: F401 (a fixture)
 
 PAGE = "pages/models.py"
 TWO = ["efficientnet_lite0", "efficientnet_lite1"]
 
 
 def button(at, label: str):
-    return next(b for b in at.button if b.label == label)
+    return next(b for b in at.button if shown(b.label) == label)  # labels hold model names, escaped
 
 
 def bakeoff_table(at):
@@ -72,14 +72,14 @@ def test_a_bakeoff_runs_in_the_background_and_its_buttons_pick_the_model(workspa
     manager = tasks(workspace)
     first = manager.latest("bakeoff")
     assert first is not None and first.active and at.session_state["models.bakeoff_task"] == first.task_id
-    assert any("Running: bake-off of 3 candidates on digits_small" in i.value for i in at.info)
+    assert any("Running: bake-off of 3 candidates on digits_small" in shown(i.value) for i in at.info)
 
     # a rerun or another tab finds the running task (no second click possible) and starts nothing new
     at.run()
     assert button(at, "Run the bake-off again").disabled
     other_tab = open_page(PAGE, {ui.DATASET: dataset_id, ui.CANDIDATES: TWO, "models.bakeoff_max_images": 100, "models.bakeoff_size": 32})
     assert_clean(other_tab)
-    assert any("Running: bake-off" in i.value for i in other_tab.info)
+    assert any("Running: bake-off" in shown(i.value) for i in other_tab.info)
     assert button(other_tab, "Run the bake-off again").disabled
     assert [s.task_id for s in manager.active()] == [first.task_id]
 
@@ -96,7 +96,7 @@ def test_a_bakeoff_runs_in_the_background_and_its_buttons_pick_the_model(workspa
     assert table["candidate"].tolist() == [c.name for c in result.candidates]
     assert table["val_accuracy"].tolist() == [c.linear["accuracy"] for c in result.candidates]
     assert (table["params_m"] > 3).all() and (table["latency_ms_batch1"] > 0).all()
-    assert any(s.value.startswith(f"**Recommended: {result.recommendation}.**") for s in at.success)
+    assert any(shown(s.value).startswith(f"**Recommended: {result.recommendation}.**") for s in at.success)
 
     # random weights are a floor to compare with, never offered as the model to train
     assert result.recommendation in TWO
@@ -106,7 +106,7 @@ def test_a_bakeoff_runs_in_the_background_and_its_buttons_pick_the_model(workspa
     button(at, f"Use {other} instead").click().run()
     assert_clean(at)
     assert at.session_state[ui.MODEL] == other
-    assert any(f"**{other}** is now the model to train" in s.value for s in at.success)
+    assert any(f"**{other}** is now the model to train" in shown(s.value) for s in at.success)
     assert at.radio[0].value == other, "the Train-with choice follows"
     button(at, f"Use {result.recommendation} for training").click().run()
     assert at.session_state[ui.MODEL] == result.recommendation
@@ -126,6 +126,6 @@ def test_a_failed_bakeoff_shows_its_error_and_the_page_keeps_working(workspace):
     assert done.status == "failed" and done.error
     at.run()
     assert not at.exception
-    assert [e.value for e in at.error] == [f"**The bake-off failed.** {done.error}"]
+    assert [shown(e.value) for e in at.error] == [f"**The bake-off failed.** {done.error}"]
     assert "Traceback" not in done.error and "unexpected error" not in done.error
     assert not button(at, "Run the bake-off again").disabled, "it can be tried again"
