@@ -1,7 +1,8 @@
 """Run configuration: frozen dataclasses that travel unchanged to the run store, wandb and checkpoints.
 
 `TrainConfig` is the one object a page, the CLI or a script builds to describe a run. Every field has a
-default that follows good transfer-learning practice; `validate()` says, in words, what is wrong.
+default that follows good transfer-learning practice; `validate()` checks every field against its rule
+(TRAIN_RULES, AUGMENT_RULES: type, range, choices) and says, in words, what is wrong.
 """
 from __future__ import annotations
 
@@ -50,13 +51,10 @@ class AugmentSpec:
     def from_dict(cls, d: dict[str, Any]) -> "AugmentSpec":
         return _from_dict(cls, d)
 
-    def validate(self) -> None:
-        _check_range("augment.scale_min", self.scale_min, 0.05, 1.0)
-        _check_range("augment.rotation_deg", self.rotation_deg, 0.0, 180.0)
-        _check_range("augment.brightness", self.brightness, 0.0, 1.0)
-        _check_range("augment.contrast", self.contrast, 0.0, 1.0)
-        _check_range("augment.noise_std", self.noise_std, 0.0, 1.0)
-        _check_range("augment.blur_prob", self.blur_prob, 0.0, 1.0)
+    def validate(self) -> "AugmentSpec":
+        """This spec, or a ConfigError naming the first setting outside AUGMENT_RULES (as `augment.<name>`)."""
+        _check_fields(self, AUGMENT_RULES, "augment.")
+        return self
 
 
 @dataclass(frozen=True)
@@ -176,60 +174,182 @@ class TrainConfig:
         return AUTO_VAL_EVERY if steps_per_epoch >= AUTO_VAL_MIN_STEPS else 0
 
     def validate(self) -> "TrainConfig":
-        _check_range("freeze_ratio", self.freeze_ratio, 0.0, 1.0)
-        _check_range("adapter_layers", self.adapter_layers, 0, 4)
-        _check_range("dropout", self.dropout, 0.0, 0.95)
-        _check_range("lr", self.lr, 1e-8, 10.0)
-        _check_range("lr_decay", self.lr_decay, 0.0, 1.0)
-        _check_range("trunk_lr_ratio", self.trunk_lr_ratio, 0.0, 10.0)
-        _check_range("probe_views", self.probe_views, 1, 64)
-        _check_range("head_warmup_epochs", self.head_warmup_epochs, 0.0, 1000.0)
-        _check_range("l2sp", self.l2sp, 0.0, 100.0)
-        _check_range("mixup", self.mixup, 0.0, 10.0)
-        _check_range("cutmix", self.cutmix, 0.0, 10.0)
-        _check_range("ema_epochs", self.ema_epochs, 0.0, 1000.0)
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
-        _check_range("epochs", self.epochs, 1, 10_000)
-        _check_range("batch_size", self.batch_size, 1, 65_536)
-        _check_range("early_stopping_patience", self.early_stopping_patience, 0, 1000)
-        _check_range("crossval_folds", self.crossval_folds, 0, 10)
-        if self.crossval_folds == 1:
-            raise ConfigError("crossval_folds must be 0 (off) or between 2 and 10, got 1")
-        _check_range("val_every_batches", self.val_every_batches, -1, 10**9)
-        _check_range("unfreeze_stages", self.unfreeze_stages, 0, 20)
-        _check_range("stage_epochs", self.stage_epochs, 1, 1000)
-        _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
-        _check_range("test_fraction", self.test_fraction, 0.0, 0.5)
-        if self.image_size is not None:
-            _check_range("image_size", self.image_size, 16, 1024)
-        for name, value, choices in (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("loss", self.loss, LOSSES),
-            ("head_init", self.head_init, HEAD_INITS),
-            ("device", self.device, DEVICES),
-            ("amp", self.amp, AMP_MODES),
-            ("compile", self.compile, COMPILE_MODES),
-            ("bn_stats", self.bn_stats, BN_STATS),
-            ("monitor", self.monitor, MONITORS),
-            ("group_by", self.group_by, GROUP_BY),
-        ):
-            if value not in choices:
-                raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(choices)}")
-        self.augment.validate()
+        """This config, or a ConfigError naming the first setting outside TRAIN_RULES, what it got and what is valid."""
+        _check_fields(self, TRAIN_RULES)
         return self
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting accepts. `check` raises a ConfigError naming the setting, the value given and what is valid.
+
+    Bools are not numbers here (True is an int in Python), ints are numbers, and a float is not a whole number
+    (epochs=2.5 is refused, so is 3.0). Every range is closed and finite, so NaN and infinity are refused too.
+    """
+
+    kind: str  # "flag" (a bool), "whole" (an int), "number" (an int or a float), "text", "choice" or "augment"
+    lo: float = 0  # whole and number: the range [lo, hi]
+    hi: float = 0
+    special: tuple[tuple[Any, str], ...] = ()  # whole: values outside the range, each with what it means
+    none: str = ""  # where None is allowed: what it means
+    choices: tuple[str, ...] = ()  # choice: the valid values
+    nonempty: bool = False  # text: blank is refused
+
+    def describe(self) -> str:
+        """What is valid, in words: "a whole number between 1 and 10000", "one of adamw, sgd"."""
+        if self.kind == "flag":
+            text = "true or false"
+        elif self.kind == "text":
+            text = "non-empty text" if self.nonempty else "text"
+        elif self.kind == "choice":
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind == "augment":
+            text = "an AugmentSpec (a dict of augmentation settings in from_dict)"
+        else:
+            text = self._range("a whole number between" if self.kind == "whole" else "a number between")
+        return text + (f" or None ({self.none})" if self.none else "")
+
+    def check(self, name: str, value: Any) -> None:
+        if value is None and self.none:
+            return
+        if self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(self.choices)}")
+            return
+        if not self._has_type(value):
+            raise ConfigError(f"{name} must be {self.describe()}, got {value!r}")
+        if self.kind == "text" and self.nonempty and not value.strip():
+            raise ConfigError(f"{name} must be {self.describe()}, got {value!r}")
+        if self.kind in ("whole", "number") and value not in [v for v, _ in self.special] \
+                and not self.lo <= value <= self.hi:
+            raise ConfigError(f"{name} must be {self._range('between')}"
+                              + (f" or None ({self.none})" if self.none else "") + f", got {value}")
+        if self.kind == "augment":
+            value.validate()
+
+    def _has_type(self, value: Any) -> bool:
+        if self.kind == "flag":
+            return isinstance(value, bool)
+        if self.kind == "text":
+            return isinstance(value, str)
+        if self.kind == "augment":
+            return isinstance(value, AugmentSpec)
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, int) if self.kind == "whole" else isinstance(value, (int, float))
+
+    def _range(self, words: str) -> str:
+        """`words` and the range, after any special values: "-1 (auto), 0 (once per epoch) or between 1 and 10"."""
+        text = f"{words} {self.lo} and {self.hi}"
+        if not self.special:
+            return text
+        specials = [f"{v} ({meaning})" for v, meaning in self.special]
+        return ", ".join(specials) + " or " + text
+
+
+def _flag() -> Rule:
+    return Rule("flag")
+
+
+def _whole(lo: int, hi: int, **kw: Any) -> Rule:
+    return Rule("whole", lo, hi, **kw)
+
+
+def _number(lo: float, hi: float, **kw: Any) -> Rule:
+    return Rule("number", lo, hi, **kw)
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return Rule("choice", choices=choices)
+
+
+def _text(nonempty: bool = False, **kw: Any) -> Rule:
+    return Rule("text", nonempty=nonempty, **kw)
+
+
+# Every field of AugmentSpec and TrainConfig, in their order; a field without a rule fails validate() (KeyError)
+# and tests/test_config.py. Bounds: what the Configure page's widgets allow, or wider where a script may need it.
+AUGMENT_RULES: dict[str, Rule] = {
+    "hflip": _flag(),
+    "vflip": _flag(),
+    "scale_min": _number(0.05, 1.0),
+    "rotation_deg": _number(0.0, 180.0),
+    "brightness": _number(0.0, 1.0),
+    "contrast": _number(0.0, 1.0),
+    "noise_std": _number(0.0, 1.0),
+    "blur_prob": _number(0.0, 1.0),
+}
+
+TRAIN_RULES: dict[str, Rule] = {
+    # --- model
+    "model": _text(nonempty=True),
+    "checkpoint_path": _text(nonempty=True, none="the model's pretrained weights"),
+    "image_size": _whole(16, 1024, none="the model's own input size"),
+    "freeze_ratio": _number(0.0, 1.0),
+    "bn_stats": _one_of(BN_STATS),
+    "adapter_layers": _whole(0, 4),
+    "adapter_dim": _whole(1, 8192),
+    "dropout": _number(0.0, 0.95),
+    "head_init": _one_of(HEAD_INITS),
+    "probe_views": _whole(1, 64),
+    # --- optimisation
+    "optimizer": _one_of(OPTIMIZERS),
+    "lr": _number(1e-8, 10.0),
+    "trunk_lr_ratio": _number(0.0, 10.0),
+    "lr_decay": _number(0.0, 1.0),
+    "weight_decay": _number(0.0, 1.0),
+    "momentum": _number(0.0, 0.999),  # 1 would never forget a gradient
+    "schedule": _one_of(SCHEDULES),
+    "warmup_epochs": _number(0.0, 1000.0),
+    "head_warmup_epochs": _number(0.0, 1000.0),
+    "step_epochs": _whole(1, 1000),
+    "plateau_patience": _whole(0, 1000),
+    "loss": _one_of(LOSSES),
+    "label_smoothing": _number(0.0, 0.5),
+    "focal_gamma": _number(0.0, 10.0),
+    "l2sp": _number(0.0, 100.0),
+    "mixup": _number(0.0, 10.0),
+    "cutmix": _number(0.0, 10.0),
+    "ema_epochs": _number(0.0, 1000.0),
+    "wise_ft": _flag(),
+    "tta": _flag(),
+    "epochs": _whole(1, 10_000),
+    "batch_size": _whole(1, 65_536),
+    "monitor": _one_of(MONITORS),
+    "early_stopping_patience": _whole(0, 1000),
+    "crossval_folds": _whole(2, 10, special=((0, "off"),)),
+    "val_every_batches": _whole(1, 10**9, special=((-1, "auto"), (0, "once per epoch"))),
+    "grad_stats": _flag(),
+    "unfreeze_stages": _whole(0, 20),
+    "stage_epochs": _whole(1, 1000),
+    "augment": Rule("augment"),
+    # --- data
+    "group_by": _one_of(GROUP_BY),
+    "val_fraction": _number(0.0, 0.5),
+    "test_fraction": _number(0.0, 0.5),
+    "max_cache_gb": _number(0.0, 4096.0, none="decide from free memory"),  # 0: cache nothing, stream
+    "num_workers": _whole(0, 64),
+    # --- execution
+    "device": _one_of(DEVICES),
+    "amp": _one_of(AMP_MODES),
+    "channels_last": _flag(),
+    "compile": _one_of(COMPILE_MODES),
+    "seed": _whole(0, 2**32 - 1),  # numpy's seed range
+    # --- tracking
+    "wandb": _flag(),
+    "wandb_project": _text(nonempty=True),
+    "tensorboard": _flag(),
+    "run_name": _text(),  # empty: the run id
+}
+
+
+def _check_fields(config: Any, rules: dict[str, Rule], prefix: str = "") -> None:
+    for f in fields(config):
+        rules[f.name].check(prefix + f.name, getattr(config, f.name))
 
 
 def _names(cls: type) -> str:
     return ", ".join(f.name for f in fields(cls))
-
-
-def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number between {lo} and {hi}, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
 
 
 def _from_dict(cls: type, d: dict[str, Any]):
