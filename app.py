@@ -14,6 +14,7 @@ ICONS = {"pages/home.py": ":material/home:", "pages/models.py": ":material/neuro
          "pages/dataset.py": ":material/photo_library:", "pages/configure.py": ":material/tune:",
          "pages/train.py": ":material/monitoring:", "pages/runs.py": ":material/history:",
          "pages/evaluate.py": ":material/fact_check:"}
+ui.gate()  # sign-in when the server has a login; a warning on every page when it is open to the network
 page = st.navigation([st.Page(path, title=title, icon=ICONS[path], default=path == "pages/home.py")
                       for path, title in ui.PAGES.items()])
 sidebar = st.sidebar.container()  # filled after the page ran, so it shows what the page just did

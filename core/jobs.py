@@ -12,6 +12,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .access import User, check_may_act, may_see
 from .config import TrainConfig
 from .data import SplitData
 from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, GradientStats, Note, RunStarted, \
@@ -80,7 +81,9 @@ class JobManager:
         self._launch(run_id, config.validate(), data, resume=False)
         return run_id
 
-    def resume(self, run_id: str) -> str:
+    def resume(self, run_id: str, user: User | None = None) -> str:
+        """Resume a run from its last checkpoint (`user`, when given, must own it or be an admin)."""
+        self._check_owner(run_id, user, "resume")
         if self.is_active(run_id):
             raise RuntimeError(f"run {run_id} is already running")
         check_not_trained(self.store, run_id)
@@ -88,7 +91,9 @@ class JobManager:
         self._launch(run_id, config, data, resume=True)
         return run_id
 
-    def stop(self, run_id: str, timeout: float | None = None) -> None:
+    def stop(self, run_id: str, timeout: float | None = None, user: User | None = None) -> None:
+        """Ask a run to stop at its next batch (`user`, when given, must own it or be an admin)."""
+        self._check_owner(run_id, user, "stop")
         job = self._jobs.get(run_id)
         if job is None:
             return
@@ -104,6 +109,15 @@ class JobManager:
         if job.thread is not None:
             job.thread.join(timeout)
         return self.snapshot(run_id)
+
+    def _check_owner(self, run_id: str, user: User | None, action: str) -> None:
+        if user is not None:
+            check_may_act(user, self.store.get_run(run_id).get("owner"), f"run {run_id}")
+
+    def visible_runs(self, user: User | None) -> list[dict[str, Any]]:
+        """The store's runs `user` may see (all of them for an admin or when `user` is None), newest first."""
+        runs = self.store.list_runs()
+        return runs if user is None else [r for r in runs if may_see(user, r.get("owner"))]
 
     # --- reading
     def snapshot(self, run_id: str) -> JobSnapshot:

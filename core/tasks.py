@@ -37,6 +37,7 @@ class TaskSnapshot:
     error_traceback: str = ""
     started: float = 0.0
     finished: float | None = None
+    owner: str = ""  # who submitted it (core.access); "" when the dashboard has no login
 
     @property
     def active(self) -> bool:
@@ -54,18 +55,19 @@ class TaskManager:
         self._threads: dict[str, threading.Thread] = {}
         self._ids = itertools.count(1)
 
-    def submit(self, kind: str, key: str, label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
-        """Run `fn(*args, progress=..., **kwargs)` on a thread; returns the task id at once.
+    def submit(self, kind: str, key: str, label: str, fn: Callable[..., Any], *args: Any, owner: str = "",
+               **kwargs: Any) -> str:
+        """Run `fn(*args, progress=..., **kwargs)` on a thread for `owner`; returns the task id at once.
 
-        While a task of the same kind and key is running, returns that task's id and starts nothing.
+        While a task of the same kind, key and owner is running, returns that task's id and starts nothing.
         """
         with self._lock:
             for snap in self._tasks.values():
-                if snap.kind == kind and snap.key == key and snap.active:
+                if snap.kind == kind and snap.key == key and snap.owner == owner and snap.active:
                     return snap.task_id
             task_id = f"{kind}-{next(self._ids)}"
             self._tasks[task_id] = TaskSnapshot(task_id, kind, key, label, "running", "starting",
-                                                started=time.time())
+                                                started=time.time(), owner=owner)
             self._forget_old()
 
         def say(message: str) -> None:
@@ -96,17 +98,18 @@ class TaskManager:
         with self._lock:
             return self._tasks.get(task_id)
 
-    def latest(self, kind: str, key: str | None = None) -> TaskSnapshot | None:
-        """The most recently submitted task of this kind (and key, when given)."""
+    def latest(self, kind: str, key: str | None = None, owner: str | None = None) -> TaskSnapshot | None:
+        """The most recently submitted task of this kind (and key, and owner, when given)."""
         with self._lock:
             for snap in reversed(list(self._tasks.values())):
-                if snap.kind == kind and (key is None or snap.key == key):
+                if snap.kind == kind and (key is None or snap.key == key) and (owner is None or snap.owner == owner):
                     return snap
         return None
 
-    def active(self) -> list[TaskSnapshot]:
+    def active(self, owner: str | None = None) -> list[TaskSnapshot]:
+        """Running tasks (of `owner`, when given)."""
         with self._lock:
-            return [s for s in self._tasks.values() if s.active]
+            return [s for s in self._tasks.values() if s.active and (owner is None or s.owner == owner)]
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskSnapshot | None:
         with self._lock:

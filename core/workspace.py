@@ -5,8 +5,9 @@
 (tests point it at a temporary folder), else `./workspace`.
 
 On a shared server, TRANSFER_STUDIO_DATA_ROOTS (folders separated by the OS path separator, ":" on Linux)
-limits which server paths the dashboard may read data from; unset, any path the server can read is
-allowed (a dashboard on one's own machine).
+limits which server paths the dashboard may read data from. Unset, any path the server can read is allowed
+on a dashboard bound to localhost (one's own machine), and none on one reachable from other machines
+(`exposed`): there, data comes as uploads unless the administrator names the folders.
 """
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ class Workspace:
     data_roots: tuple[str, ...] | None = None  # real paths data may be read from on the server; None: any
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Workspace:
+    def from_env(cls, environ: Mapping[str, str] = os.environ, exposed: bool = False) -> Workspace:
         roots = environ.get(DATA_ROOTS_VAR)
-        allowed = None if roots is None else tuple(os.path.realpath(os.path.expanduser(r))
-                                                   for r in roots.split(os.pathsep) if r.strip())
+        if roots is None:
+            allowed = () if exposed else None
+        else:
+            allowed = tuple(os.path.realpath(os.path.expanduser(r)) for r in roots.split(os.pathsep) if r.strip())
         return cls(os.path.abspath(environ.get(ENV_VAR) or DEFAULT_ROOT), allowed)
 
     def server_path(self, path: str) -> str:
@@ -41,7 +44,8 @@ class Workspace:
         if self.data_roots is None:
             return real
         if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.data_roots):
-            where = ", ".join(self.data_roots) or "none: server paths are turned off"
+            where = ", ".join(self.data_roots) or ("none: server paths are turned off on a dashboard reachable "
+                                                   "from other machines unless the administrator names folders")
             raise PathNotAllowed(f"{path} is outside the folders this server reads data from ({where}; set by "
                                  f"{DATA_ROOTS_VAR}). Upload an archive instead, or ask the administrator.")
         return real

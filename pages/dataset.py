@@ -56,13 +56,14 @@ with folder:
 with stored:
     names = dataset_names(root)
     if names:
-        chosen = st.selectbox("Datasets in this workspace", list_datasets(root),
+        chosen = st.selectbox("Datasets in this workspace", ui.visible_datasets(list_datasets(root)),
                               format_func=lambda i: f"{names.get(i, i)} ({i})")
         if st.button("Use this dataset"):
             st.session_state[ui.DATASET] = chosen
     else:
         st.caption("None yet.")
 if loaded is not None:
+    ui.attempt("Recording the dataset's owner", ui.dataset_owners().record, loaded.dataset_id, ui.user().name)
     st.session_state[ui.DATASET] = loaded.dataset_id
     if loaded.skipped:
         st.warning(f"{len(loaded.skipped)} files were skipped; the audit below lists why.")

@@ -75,8 +75,9 @@ def image_grid(items, caption) -> None:
 st.title("6 · Evaluate")
 manager = ui.job_manager()
 runs_dir = manager.store.runs_dir
-runs = [r for r in manager.store.list_runs() if r["best_checkpoint"] and (r["status"] in FINISHED or
-                                                                          r["status"] == "stopped")]
+# finished, stopped, and failed runs that kept a best checkpoint before failing: all can be evaluated
+runs = [r for r in manager.visible_runs(ui.user()) if r["best_checkpoint"] and os.path.exists(r["best_checkpoint"])
+        and (r["status"] in FINISHED or r["status"] in ("stopped", "failed"))]
 if not runs:
     st.info("No finished run yet: train one first. Evaluation uses the run's best checkpoint on its test split, "
             "images the model never saw while training.")
@@ -272,8 +273,8 @@ with tabs[2]:
     if submitted and options is not None:
         st.session_state[REPORT_SAVED] = chosen
         tasks.submit("report", task_key, f"Report on run {run_id} ({split})", build_report, runs_dir, run_id,
-                     options)
-    snap = tasks.latest("report", task_key) if options is not None else None
+                     options, owner=ui.user().name)
+    snap = tasks.latest("report", task_key, owner=ui.user().name) if options is not None else None
 
     @st.fragment(run_every=1.0)
     def report_progress(task_id: str, steps: int) -> None:

@@ -15,7 +15,7 @@ st.write("Teach a pretrained image model to recognise **your** classes. The mode
          "labelled images. The pages on the left go in order; every setting has a sensible default.")
 
 manager = ui.job_manager()
-runs = manager.store.list_runs()
+runs = manager.visible_runs(ui.user())
 dataset_id = st.session_state.get(ui.DATASET)
 active = manager.active_jobs()
 finished = [r for r in runs if r["status"] in FINISHED]
@@ -41,9 +41,12 @@ for path, label, done, detail in steps:
 st.subheader("In a hurry?")
 st.write("Train a small model on the bundled demo data (handwritten digits, 10 classes) right now, with "
          "settings that finish in a minute or two on this machine. You can look at every page afterwards.")
-if st.button("Train a demo model now", type="primary", disabled=bool(active)):
+refusal = ui.policy().training_refusal()
+if refusal:
+    st.caption(refusal)
+if st.button("Train a demo model now", type="primary", disabled=bool(active) or bool(refusal)):
     config = TrainConfig.from_dict(quick_start(default_device(), demo=True)).replace(model=ui.current_model())
-    run_id = ui.attempt("Starting the demo run", lambda: manager.start(config.validate(), "demo"))
+    run_id = ui.attempt("Starting the demo run", lambda: manager.start(config.validate(), "demo", owner=ui.user().name))
     if run_id:
         st.session_state[ui.RUN] = run_id
         st.session_state[ui.DATASET] = manager.store.get_run(run_id)["dataset_id"]

@@ -214,7 +214,7 @@ else:
     split_config = ui.current_config()  # the bake-off splits the data as training will
     key = task_key(dataset_id, bakeoff_options, split_config) if bakeoff_options else None
     # this choice's bake-off (also one started in another tab), else the one this session ran last
-    snap = (tasks.latest(BAKEOFF, key) if key else None) or tasks.snapshot(st.session_state.get("models.bakeoff_task", ""))
+    snap = (tasks.latest(BAKEOFF, key, owner=ui.user().name) if key else None) or tasks.snapshot(st.session_state.get("models.bakeoff_task", ""))
     running = [s for s in tasks.active() if s.kind == BAKEOFF]
     if problem:
         st.info(ui.md_escape(problem))
@@ -229,7 +229,7 @@ else:
         label = (f"bake-off of {len(bakeoff_options.models)} candidates on "
                  f"{ui.dataset_name(ui.workspace().root, dataset_id)}")
         task_id = tasks.submit(BAKEOFF, key, label, bakeoff, dataset_id, bakeoff_options, ui.workspace().root,
-                               config=split_config)
+                               config=split_config, owner=ui.user().name)
         st.session_state["models.bakeoff_task"] = task_id  # a second click finds the running one, starts nothing
         snap = tasks.snapshot(task_id)
     if snap is not None and snap.active:

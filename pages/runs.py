@@ -1,5 +1,7 @@
 """5 · Runs: every run in the store with its status and key metrics; overlay the curves of several and compare
 their settings side by side; resume a stopped, failed or interrupted run."""
+import os
+
 import streamlit as st
 
 from core.compare import (
@@ -19,6 +21,8 @@ manager = ui.job_manager()
 store, root = manager.store, ui.workspace().root
 table = ui.attempt("Reading the run store", run_table, store, [s.run_id for s in manager.active_jobs()],
                    dataset_names(root))
+if table is not None:  # a user sees their own runs; an admin all of them
+    table = table[table.run.isin({r["id"] for r in manager.visible_runs(ui.user())})]
 if table is None or table.empty:
     st.info("No runs yet. Train one on the Train page; every run is kept here with its settings and metrics.")
     st.page_link("pages/train.py", label="Train", icon=":material/monitoring:")
@@ -53,13 +57,20 @@ if picked:
 # --- open, resume
 st.subheader("Open or resume a run")
 run_id = st.selectbox("Run", table.run.tolist(), format_func=label.get)
+
+
+def _has_checkpoint(run: str) -> bool:
+    path = store.get_run(run).get("best_checkpoint") or ""
+    return bool(path) and os.path.exists(path)
+
+
 status = table.set_index("run").status[run_id]
 left, right = st.columns(2)
 with left:
     if st.button("Watch it on the Train page"):
         st.session_state[ui.RUN] = run_id
         st.switch_page("pages/train.py")
-    if status in FINISHED or status == "stopped":
+    if status in FINISHED or status == "stopped" or (status == "failed" and _has_checkpoint(run_id)):
         if st.button("Evaluate it"):
             st.session_state[ui.RUN] = run_id
             st.switch_page("pages/evaluate.py")
@@ -69,7 +80,7 @@ with right:
         if error:
             st.error(f"It failed with: {ui.md_escape(error)}")  # errors quote file names
         if st.button(f"Resume {run_id} from its last checkpoint", type="primary"):
-            if ui.attempt("Resuming the run", manager.resume, run_id):
+            if ui.attempt("Resuming the run", manager.resume, run_id, user=ui.user()):
                 st.session_state[ui.RUN] = run_id
                 st.switch_page("pages/train.py")
     else:

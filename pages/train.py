@@ -49,8 +49,12 @@ with st.container(border=True):
         blocked = not st.checkbox("Train anyway")
     if active:
         st.caption(f"{len(active)} run(s) training now; another one would share this machine.")
-    if st.button("Start training", type="primary", disabled=overview is None or blocked):
-        run_id = ui.attempt("Starting the run", lambda: manager.start(config.validate(), overview.dataset.root))
+    refusal = ui.policy().training_refusal()
+    if refusal:
+        st.warning(refusal)
+    if st.button("Start training", type="primary", disabled=overview is None or blocked or bool(refusal)):
+        run_id = ui.attempt("Starting the run", lambda: manager.start(config.validate(), overview.dataset.root,
+                                                                      owner=ui.user().name))
         if run_id:
             st.session_state[ui.RUN] = run_id
             st.rerun()
@@ -58,7 +62,7 @@ with st.container(border=True):
 # --- the run to watch: this tab's, else the one training now (another tab's), else the latest
 run_id = st.session_state.get(ui.RUN)
 if run_id is None or (not manager.is_active(run_id) and active):
-    run_id = active[0].run_id if active else next((r["id"] for r in manager.store.list_runs()), None)
+    run_id = active[0].run_id if active else next((r["id"] for r in manager.visible_runs(ui.user())), None)
     if run_id is not None:
         st.session_state[ui.RUN] = run_id
 if run_id is None:
@@ -96,7 +100,7 @@ def status_view() -> None:
         st.progress(snap.progress, text=text)
         if snap.status == "running" and st.button("Stop", help="Stops at the next batch; the last finished epoch's "
                                                                "checkpoint is kept and the run can be resumed."):
-            manager.stop(run_id)
+            ui.attempt("Stopping the run", manager.stop, run_id, user=ui.user())
             st.rerun()
     stages = run_config.get("unfreeze_stages", 0)
     if stages or snap.stage_message:

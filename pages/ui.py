@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+from core.access import AccessPolicy, DatasetOwners, User
 from core.catalog import DEFAULT_MODEL
 from core.config import AugmentSpec, TrainConfig
 from core.jobs import JobManager
@@ -34,6 +35,7 @@ MODEL = "model"  # str: the model to train
 CHECKPOINT = "checkpoint"  # dict(model, path, name): the user's own weights for MODEL
 CONFIG = "train_config"  # dict: TrainConfig.to_dict() from the Configure page
 RUN = "run_id"  # str: the run the Train and Evaluate pages show
+USER = "user_name"  # str: who signed in with the shared password
 
 PAGES = {  # file -> title; app.py builds the navigation from this
     "pages/home.py": "Start",
@@ -108,7 +110,72 @@ def through_app(page_file: str) -> None:
 
 
 def workspace() -> Workspace:
-    return Workspace.from_env()
+    return Workspace.from_env(exposed=policy().exposed)
+
+
+# --- who is using the dashboard (core.access decides; this reads Streamlit's settings and session)
+def _oidc_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets.toml at all
+        return False
+
+
+def policy() -> AccessPolicy:
+    return AccessPolicy.from_env(st.get_option("server.address"), _oidc_configured())
+
+
+def user() -> User:
+    """The signed-in user (app.py's `gate` has made sure there is one before any page runs)."""
+    p = policy()
+    if p.login == "oidc":
+        info = st.user
+        return p.user(info.get("email") or info.get("name") or info.get("sub"))
+    return p.user(st.session_state.get(USER)) or User("", False)
+
+
+def gate() -> None:
+    """Before any page: sign in when the server has a login; a loud warning on every page when it is reachable
+    from other machines without one. Ends the script (st.stop) until a user is signed in."""
+    p = policy()
+    if p.login == "oidc":
+        if not st.user.is_logged_in:
+            st.title("Transfer Studio")
+            st.info("Sign in to use this dashboard.")
+            st.button("Sign in", on_click=st.login, type="primary")
+            st.stop()
+        if st.sidebar.button("Sign out"):
+            st.logout()
+    elif p.login == "password":
+        if not st.session_state.get(USER):
+            st.title("Transfer Studio")
+            with st.form("sign_in"):
+                name = st.text_input("Your name", help="Runs and datasets you create are recorded as yours.")
+                password = st.text_input("Team password", type="password")
+                if st.form_submit_button("Sign in", type="primary"):
+                    if not name.strip():
+                        st.error("Give your name: runs and datasets are recorded under it.")
+                    elif not p.check_password(password):
+                        st.error("Wrong password.")
+                    else:
+                        st.session_state[USER] = name.strip()
+                        st.rerun()
+            st.stop()
+        st.sidebar.caption(f"Signed in as {md_escape(user().name)}" + (" (admin)" if user().is_admin else ""))
+        if st.sidebar.button("Sign out"):
+            st.session_state.pop(USER, None)
+            st.rerun()
+    if p.open_to_the_network:
+        st.error("**This dashboard is reachable from other machines and has no login.** Anyone who can reach this "
+                 "port sees every run and dataset here. " + p.training_refusal())
+
+
+def dataset_owners() -> DatasetOwners:
+    return DatasetOwners(workspace().datasets_dir)
+
+
+def visible_datasets(dataset_ids) -> list[str]:
+    return dataset_owners().visible(user(), list(dataset_ids))
 
 
 @st.cache_resource(show_spinner=False)
@@ -303,7 +370,10 @@ def _jobs_panel_view(polling: bool = False) -> None:
     from core.estimate import format_seconds
 
     manager = job_manager()
-    jobs, tasks = manager.active_jobs(), manager.tasks.active()
+    me = user()  # a user sees their own runs and tasks; an admin everyone's
+    mine = {r["id"] for r in manager.visible_runs(me)} if not me.is_admin else None
+    jobs = [j for j in manager.active_jobs() if mine is None or j.run_id in mine]
+    tasks = manager.tasks.active(None if me.is_admin else me.name)
     if not jobs and not tasks:
         if polling:  # it just ended: redraw the page once (it then stops polling)
             st.rerun(scope="app")
