@@ -2,8 +2,10 @@
 exact and near duplicates (within a class, across classes, across splits) and look-alike class names.
 
 Every problem is a ``Finding`` with a severity ("error" blocks training), the files involved and a
-suggested fix. The images are not decoded here: ``core.ingest`` computed one ``ImageProbe`` per file
-while ingesting (a single read per file), and the audit works from those.
+suggested fix. What a training run would refuse (one class, no validation images, no train split) is an
+error in the run's own words, from the same check (``core.splits.training_refusal``, ``split_dataset``).
+The images are not decoded here: ``core.ingest`` computed one ``ImageProbe`` per file while ingesting (a
+single read per file), and the audit works from those.
 
 CLI: ``python -m core audit DATA [--json] [--workspace DIR]``; see ``main``.
 """
@@ -24,8 +26,11 @@ from typing import Any, BinaryIO, Iterable, Sequence
 import numpy as np
 
 from core.cli import ArgParser, UsageError
+from core.config import TrainConfig
 from core.ingest import (DATASET_FILE, Dataset, ImageProbe, IngestError, IngestLimits, Sample, resolve_dataset,
                          load_probes)
+from core.related import find_related
+from core.splits import SplitError, split_dataset, training_refusal
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -369,19 +374,54 @@ def _related_findings(manifest: Any, split_of: dict[str, str]) -> list[Finding]:
     return out
 
 
+def _refusal_findings(dataset: Dataset, manifest: Any, source: str,
+                      duplicate_groups: Sequence[Sequence[str]] | None) -> list[Finding]:
+    """What a training run on this data would refuse, as the error it would raise (core.splits.training_refusal
+    and split_dataset's SplitError). The split is the manifest's, else the one a run with the default config
+    makes: its fractions and seed, duplicates and file-name relations kept together (``duplicate_groups``:
+    those at NEAR_DUPLICATE_DISTANCE, None to compute them). Only the pretrained-embedding relations a run may
+    add are left out, so the audit stays fast and runs no model."""
+    if manifest is None:
+        config = TrainConfig()
+        test = config.test_fraction  # as core.runs.prepare_data
+        if dataset.has_given_splits and not any(s.split == "test" for s in dataset.samples):
+            test = 0.0
+        ratios = (1.0 - config.val_fraction - test, config.val_fraction, test)
+        related = find_related([s.path for s in dataset.samples], [s.label for s in dataset.samples],
+                               any(s.group for s in dataset.samples), "names")
+        try:
+            manifest = split_dataset(dataset, ratios, seed=config.seed, near_duplicate_groups=duplicate_groups,
+                                     related=related)
+        except SplitError as exc:
+            return [Finding("error", "cannot_split", str(exc), (), "Give the data a train split (DATA/train/"
+                            "<class>/...), or let the split be made for you: DATA/<class>/<image>.")]
+    refusal = training_refusal(((r.label, r.split) for r in manifest.rows), source)
+    if not refusal:
+        return []
+    if len({r.label for r in manifest.rows}) < 2:
+        return [Finding("error", "single_class", refusal, (), "Put each class in its own folder: "
+                        "DATA/<class>/<image>.")]
+    if not any(r.split == "train" for r in manifest.rows):
+        return [Finding("error", "empty_split", refusal, (), "Give the data training images "
+                        "(DATA/train/<class>/...), or let the split be made for you: DATA/<class>/<image>.")]
+    counts = Counter(r.label for r in manifest.rows)
+    alone = sorted(label for label, n in counts.items() if n < 2)
+    listed = f": {', '.join(alone[:10])}{' ...' if len(alone) > 10 else ''}" if alone else ""
+    return [Finding("error", "empty_split", refusal, (),
+                    f"A class with a single image ({len(alone)} of the {len(counts)} classes here{listed}), or whose "
+                    "images are all one group of duplicate or related images, goes wholly to train, so validation "
+                    "gets none of it. Add images so that classes hold two or more distinct ones, or give a val "
+                    "split (DATA/val/<class>/...).")]
+
+
 def _split_findings(dataset: Dataset, split_of: dict[str, str]) -> list[Finding]:
     labels_by_split: dict[str, set[str]] = defaultdict(set)
     for s in dataset.samples:
         labels_by_split[split_of[s.path]].add(s.label)
     given = [k for k in labels_by_split if k != UNSPLIT]
-    if not given:
-        return []
+    if not given or "train" not in labels_by_split:  # no train split: training refuses that unless unsplit
+        return []                                     # images make one; _refusal_findings says which
     out = []
-    if "train" not in labels_by_split:
-        out.append(Finding("error", "no_train_split", f"the data has {', '.join(sorted(given))} "
-                           "splits but no train split", "", "Add a train/ folder (or 'train' rows "
-                           "in the CSV split column)."))
-        return out
     missing = sorted(set().union(*(labels_by_split[k] for k in given)) - labels_by_split["train"])
     if missing:
         out.append(Finding("error", "label_missing_from_train", f"classes {missing} appear in "
@@ -507,11 +547,12 @@ def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
     split_counts = {k: dict(sorted(split_counts[k].items()))
                     for k in ("train", "val", "test", UNSPLIT) if k in split_counts}
 
-    # 1. classes: how many, how balanced, how big, named alike
-    if len(class_counts) < 2:
-        findings.append(Finding("error", "single_class", f"only {len(class_counts)} class found "
-                                f"({', '.join(class_counts) or 'none'}); a classifier needs two or more",
-                                (), "Put each class in its own folder: DATA/<class>/<image>."))
+    # 1. what training itself refuses (too few classes, no validation images, no train split), in its words;
+    #    then the classes: how balanced, how big, named alike
+    dups = _duplicates(samples, probes, near_duplicate_distance)
+    source = os.fspath(dataset_or_source) if isinstance(dataset_or_source, (str, os.PathLike)) else dataset.root
+    findings += _refusal_findings(dataset, manifest, source, dups.groups if near_duplicate_distance
+                                  == NEAR_DUPLICATE_DISTANCE else None)
     largest = max(class_counts.values())
     smallest = min(class_counts.values())
     imbalance = round(largest / smallest, 2)
@@ -570,7 +611,6 @@ def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
            "head." if gap > 0.15 else "")))
 
     # 4. duplicates: exact (sha256) and near (pHash) within a class, across classes, across splits
-    dups = _duplicates(samples, probes, near_duplicate_distance)
     findings += _pair_findings(dups.exact, split_of, exact=True)
     findings += _pair_findings(dups.near, split_of, exact=False)
 

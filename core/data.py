@@ -19,6 +19,7 @@ import torch
 
 from .ingest import load_rgb
 from .preprocess import PreprocessSpec
+from .splits import training_refusal
 
 SPLITS = ("train", "val", "test")
 
@@ -65,18 +66,16 @@ def from_manifest(manifest, source: str = "") -> SplitData:
 
 def from_rows(rows: Sequence[tuple[str, str, str]], source: str, dataset_id: str = "") -> SplitData:
     """(path, label, split) rows -> SplitData, with classes sorted by name."""
+    refusal = training_refusal(((label, split) for _, label, split in rows), source)
+    if refusal:
+        raise DataError(refusal)
     classes = tuple(sorted({label for _, label, _ in rows}))
-    if len(classes) < 2:
-        raise DataError(f"{source}: found {len(classes)} class(es); a classifier needs at least 2 classes")
     index = {c: i for i, c in enumerate(classes)}
     parts: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
     for path, label, split in rows:
         parts[split][0].append(path)
         parts[split][1].append(index[label])
     made = {s: Split(tuple(p), tuple(y)) for s, (p, y) in parts.items()}
-    if not made["train"] or not made["val"]:
-        raise DataError(f"{source}: the train and val splits must both hold images "
-                        f"(train {len(made['train'])}, val {len(made['val'])})")
     return SplitData(classes, made["train"], made["val"], made["test"], source, dataset_id)
 
 

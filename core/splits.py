@@ -255,6 +255,22 @@ def split_dataset(dataset: Dataset, ratios: Sequence[float] = (0.7, 0.15, 0.15),
                     tuple(r.to_dict() for r in related))
 
 
+def training_refusal(labels_and_splits: Iterable[tuple[str, str]], source: str) -> str:
+    """Why a training run refuses data whose images have these (label, split) pairs; "" when it accepts it.
+
+    The one statement of the rule: core.data raises it as a DataError, core.audit reports it as an error.
+    """
+    pairs = list(labels_and_splits)
+    classes = {label for label, _ in pairs}
+    if len(classes) < 2:
+        return f"{source}: found {len(classes)} class(es); a classifier needs at least 2 classes"
+    sizes = Counter(split for _, split in pairs)
+    if not sizes["train"] or not sizes["val"]:
+        return (f"{source}: the train and val splits must both hold images "
+                f"(train {sizes['train']}, val {sizes['val']})")
+    return ""
+
+
 def _coverage_warnings(rows: Sequence[ManifestRow], ratios: Sequence[float]) -> list[str]:
     present: dict[str, set[str]] = defaultdict(set)
     for r in rows:

@@ -148,21 +148,62 @@ class ConsoleProgress:
         self.stream.flush()
 
 
-class WandbTracker:
-    """Weights & Biases, offline unless the environment carries WANDB_API_KEY (then online)."""
+WANDB_INIT_TIMEOUT = 10.0  # seconds an online wandb.init may take (wandb's own default, 90 s, stalls the run's start)
 
-    def __init__(self, project: str, run_dir: str):
+
+def _report(message: str) -> None:
+    print(f"transfer-studio: {message}", file=sys.stderr)  # where the dispatcher reports a failed listener
+
+
+class WandbTracker:
+    """Weights & Biases, offline unless the environment carries WANDB_API_KEY (then online).
+
+    An online start that fails or takes over `init_timeout` seconds (no network, server down, bad key) falls back
+    to an offline run in the run's folder, to upload later with `wandb sync`; should that fail too, the run goes on
+    without W&B. Either way `notify` (default: stderr) is told what happened, and `self.problem` keeps it.
+    """
+
+    def __init__(self, project: str, run_dir: str, notify: Callable[[str], None] = _report,
+                 init_timeout: float = WANDB_INIT_TIMEOUT):
         import wandb  # lazy: only runs that ask for wandb pay for the import
 
         self.wandb, self.project, self.run_dir, self.run = wandb, project, run_dir, None
+        self.notify, self.init_timeout, self.problem = notify, init_timeout, ""
+
+    def _init(self, event: RunStarted, mode: str, run_id: str, **settings):
+        # reinit="create_new": runs training side by side in one process (the job manager) each get their own
+        return self.wandb.init(project=self.project, name=event.run_id, id=run_id, resume="allow",
+                               config={**event.config, "data": event.data}, dir=self.run_dir, mode=mode,
+                               reinit="create_new", settings=self.wandb.Settings(**settings))
+
+    def _start(self, event: RunStarted) -> None:
+        # online only when the user configured a key and did not force offline mode
+        online = os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE", "online") != "offline"
+        if not online:
+            self.run = self._init(event, "offline", event.run_id)
+            return
+        timeout = {} if "WANDB_INIT_TIMEOUT" in os.environ else {"init_timeout": self.init_timeout}  # the user's wins
+        try:
+            self.run = self._init(event, "online", event.run_id, **timeout)
+            return
+        except Exception as exc:  # wandb.errors.CommError on a timeout; anything else wandb raises, alike
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}"
+        # the failed online run keeps its id in wandb's service until the process ends: the offline one needs another
+        try:
+            self.run = self._init(event, "offline", f"{event.run_id}-offline")
+        except Exception as exc:
+            self.problem = (f"W&B could not start an online run ({reason}) nor an offline one "
+                            f"({type(exc).__name__}: {exc}); this run is not logged to W&B")
+        else:
+            self.problem = (f"W&B could not start an online run ({reason}); logging offline instead, to "
+                            f"{self.run.dir}: upload it with `wandb sync {os.path.dirname(self.run.dir)}` once "
+                            "the server is reachable")
+            self.run.config.update({"wandb_offline_because": reason}, allow_val_change=True)
+        self.notify(self.problem)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            # online only when the user configured a key and did not force offline mode
-            online = os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE", "online") != "offline"
-            mode = "online" if online else "offline"
-            self.run = self.wandb.init(project=self.project, name=event.run_id, id=event.run_id, resume="allow",
-                                       config={**event.config, "data": event.data}, dir=self.run_dir, mode=mode)
+            self._start(event)
         elif self.run is None:
             return
         elif isinstance(event, BaselineDone):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from core.audit import AuditReport, audit_dataset, main, near_duplicate_pairs
+from core.audit import AuditReport, audit_dataset, format_report, main, near_duplicate_pairs
 
 
 def smooth_image(seed: int, size: int = 32, shift: int = 0) -> Image.Image:
@@ -233,3 +236,112 @@ def test_csv_groups_spread_over_given_splits_are_leakage(tmp_path):
     [leak] = by_code(report)["group_leakage"]
     assert leak.severity == "error" and "['p1']" in leak.message
     assert leak.files == ("0.png", "4.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# What training refuses, the audit blocks, in training's words
+
+
+def noise_classes(root: Path, classes: int, per_class: int = 1, size: int = 8) -> Path:
+    """`classes` folders of `per_class` tiny random images each (all distinct, no near duplicates)."""
+    rng = np.random.default_rng(classes * 1000 + per_class)
+    for c in range(classes):
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            save(Image.fromarray(pixels), root / f"c{c:04d}" / f"{i}.png")
+    return root
+
+
+def training_error(source: Path, workspace: Path) -> str | None:
+    """The error a run started on `source` stops with before training (None when it would train)."""
+    from core.config import TrainConfig
+    from core.data import DataError
+    from core.runs import load_data
+    from core.splits import SplitError
+
+    try:  # file-name relations only, as the audit (no embedding model in a unit test)
+        load_data(str(source), TrainConfig(group_by="names"), str(workspace))
+    except (DataError, SplitError) as exc:
+        return str(exc)
+    return None
+
+
+def errors(report: AuditReport) -> list:
+    return [f for f in report.findings if f.severity == "error"]
+
+
+def test_one_image_per_class_blocks_training(tmp_path):
+    data = noise_classes(tmp_path / "data", classes=3)
+    report = audit_dataset(data, workspace_dir=tmp_path / "ws", min_size=8)
+    [error] = errors(report)
+    assert report.blocks_training and error.code == "empty_split"
+    assert "(train 3, val 0)" in error.message and "3 of the 3 classes" in error.fix
+    assert "Training is BLOCKED" in format_report(report)
+
+
+def test_thousands_of_one_image_classes_block_training_quickly(tmp_path):
+    data = noise_classes(tmp_path / "data", classes=2000)
+    started = time.perf_counter()
+    report = audit_dataset(data, workspace_dir=tmp_path / "ws", min_size=8)
+    seconds = time.perf_counter() - started
+    [error] = errors(report)
+    assert error.code == "empty_split" and "(train 2000, val 0)" in error.message
+    assert "2000 of the 2000 classes" in error.fix and seconds < 30  # about 1.5 s
+
+
+def test_a_few_one_image_classes_among_big_ones_do_not_block(tmp_path):
+    data = noise_classes(tmp_path / "data", classes=3, per_class=4)
+    for i in range(2):
+        save(smooth_image(i), data / f"rare{i}" / "0.png")
+    report = audit_dataset(data, workspace_dir=tmp_path / "ws", min_size=8)
+    assert not report.blocks_training and training_error(data, tmp_path / "ws") is None
+
+
+def make_one_class(root: Path) -> Path:
+    return noise_classes(root, classes=1, per_class=3)
+
+
+def make_one_image_per_class(root: Path) -> Path:
+    return noise_classes(root, classes=4)
+
+
+def make_val_only(root: Path) -> Path:
+    noise_classes(root / "val", classes=2, per_class=2)
+    return root
+
+
+def make_near_duplicate_pairs(root: Path) -> Path:
+    """Two images per class, each a re-brightened copy of the other: one unit per class, so all train."""
+    for c in range(3):
+        save(smooth_image(c), root / f"c{c}" / "a.png")
+        save(smooth_image(c, shift=9), root / f"c{c}" / "b.png")
+    return root
+
+
+@pytest.mark.parametrize("make, code", [(make_one_class, "single_class"), (make_one_image_per_class, "empty_split"),
+                                        (make_val_only, "cannot_split"), (make_near_duplicate_pairs, "empty_split")])
+def test_the_blocking_reason_is_the_error_training_stops_with(tmp_path, make, code):
+    data = make(tmp_path / "data")
+    report = audit_dataset(data, workspace_dir=tmp_path / "ws", min_size=8)
+    expected = training_error(data, tmp_path / "ws")
+    assert expected and [(f.code, f.message) for f in errors(report)] == [(code, expected)]
+
+
+def test_with_the_run_manifest_the_audit_checks_that_split(tmp_path):
+    from core.ingest import resolve_dataset
+    from core.splits import split_dataset
+
+    data = noise_classes(tmp_path / "data", classes=2, per_class=4)
+    dataset = resolve_dataset(str(data), str(tmp_path / "ws"))
+    manifest = split_dataset(dataset, (0.7, 0.3, 0.0))
+    assert not audit_dataset(dataset, workspace_dir=tmp_path / "ws", manifest=manifest, min_size=8).blocks_training
+    no_val = replace(manifest, rows=tuple(replace(r, split="train") for r in manifest.rows))
+    [error] = errors(audit_dataset(dataset, workspace_dir=tmp_path / "ws", manifest=no_val, min_size=8))
+    assert error.message == f"{dataset.root}: the train and val splits must both hold images (train 8, val 0)"
+
+
+def test_a_fine_dataset_is_not_blocked_and_trains(tmp_path):
+    data = noise_classes(tmp_path / "data", classes=3, per_class=3)
+    report = audit_dataset(data, workspace_dir=tmp_path / "ws", min_size=8)
+    assert not errors(report) and "Nothing blocks training." in format_report(report)
+    assert training_error(data, tmp_path / "ws") is None

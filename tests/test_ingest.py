@@ -6,6 +6,7 @@ import io
 import os
 import struct
 import tarfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -459,3 +460,168 @@ def test_a_process_pool_gives_the_same_dataset(tmp_path):
     pooled = ingest(tmp_path / "data", tmp_path / "ws2", workers=2)
     assert pooled.dataset_id == serial.dataset_id
     assert pooled.samples == serial.samples and pooled.skipped == serial.skipped
+
+
+# ------------------------------------------------------------------------------------ bombs, measured
+
+
+class StagingMeter:
+    """What ingest does through open(): bytes written (and the most held on disk at once) and bytes read
+    back from each file it opens for reading. Installed as core.ingest's `open`, so it sees every member
+    extraction writes and every byte a tar is read from."""
+
+    def __init__(self):
+        self.written, self.peak = 0, 0
+        self.sizes: dict[str, int] = {}                 # path written -> bytes written to it
+        self.reads: list[tuple[str, list[int]]] = []    # (path, [bytes read]) per file opened for reading
+
+    def open(self, path, mode="r", *args, **kwargs):
+        fh = open(path, mode, *args, **kwargs)
+        path = os.fspath(path)
+        if any(c in mode for c in "wxa+"):
+            return _Counted(fh, on_write=lambda n: self._wrote(path, n))
+        count = [0]
+        self.reads.append((path, count))
+        return _Counted(fh, on_read=lambda n: count.__setitem__(0, count[0] + n))
+
+    def _wrote(self, path: str, n: int) -> None:
+        self.written += n
+        self.sizes[path] = self.sizes.get(path, 0) + n
+        held = sum(size for p, size in self.sizes.items() if os.path.exists(p))  # refused members are unlinked
+        self.peak = max(self.peak, held)
+
+    def read_of(self, path: Path) -> int:
+        """Bytes read through the last handle opened on `path` (the extraction's, after the hashing one)."""
+        return [count[0] for p, count in self.reads if p == os.fspath(path)][-1]
+
+
+class _Counted:
+    def __init__(self, fh, on_write=None, on_read=None):
+        self._fh, self._on_write, self._on_read = fh, on_write, on_read
+
+    def write(self, data):
+        n = self._fh.write(data)
+        self._on_write(n)
+        return n
+
+    def read(self, size=-1):
+        data = self._fh.read(size)
+        if self._on_read:
+            self._on_read(len(data))
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+
+@pytest.fixture
+def meter(monkeypatch) -> StagingMeter:
+    m = StagingMeter()
+    monkeypatch.setattr(ingest_mod, "open", m.open, raising=False)
+    return m
+
+
+MB = 1 << 20
+
+
+def write_zeros(fh, megabytes: int) -> None:
+    block = b"\0" * MB
+    for _ in range(megabytes):
+        fh.write(block)
+
+
+def test_zip_of_zero_members_is_stopped_at_its_compression_ratio(tmp_path, meter):
+    archive = tmp_path / "zeros.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cat/ok.png", png_bytes(1))
+        zf.writestr("dog/ok.png", png_bytes(2))
+        for name in ("cat/z1.png", "cat/z2.png", "dog/z3.png"):
+            with zf.open(name, "w") as member:  # 50 MB of zeros, ~50 KB compressed (about 1000:1)
+                write_zeros(member, 50)
+        packed = {i.filename: i.compress_size for i in zf.infolist()}
+    size = archive.stat().st_size
+    assert size < 200_000
+    limits = IngestLimits()  # the defaults: 100 MB per file and 8 GB in all would let all 150 MB through
+    started = time.perf_counter()
+    ds = ingest(archive, tmp_path / "ws", limits=limits)
+    seconds = time.perf_counter() - started
+    assert [s.path for s in ds.samples] == ["cat/ok.png", "dog/ok.png"]
+    assert [(s.path, s.code) for s in ds.skipped] == [
+        ("cat/z1.png", "compression_bomb"), ("cat/z2.png", "compression_bomb"), ("dog/z3.png", "compression_bomb")]
+    assert "200 times its compressed size" in ds.skipped[0].reason
+    # bounds: a member may expand to max_ratio (200) times its compressed size before it is refused (and
+    # removed), all members together to 200 times the archive; the old limits wrote all 150 MB
+    member_allowance = max(MB, limits.max_ratio * max(packed.values()))
+    print(f"\nzip of zeros ({size} bytes): {meter.written / MB:.1f} MB written in all, peak "
+          f"{meter.peak / MB:.1f} MB on disk, {seconds:.2f} s")
+    assert meter.peak <= member_allowance + 2 * 4096  # the two genuine PNGs
+    assert meter.written <= limits.max_ratio * size <= 32 * MB
+    assert seconds < 5
+
+
+def tar_gz(path: Path, members: list[tuple[str, int]], genuine: int = 3) -> Path:
+    """A tar.gz of `members` (name, megabytes of zeros) followed by `genuine` small PNGs per class."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, megabytes in members:
+            info = tarfile.TarInfo(name)
+            info.size = megabytes * MB
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+        for i in range(genuine):
+            for label in ("cat", "dog"):
+                data = png_bytes(100 + i + (50 if label == "dog" else 0))
+                info = tarfile.TarInfo(f"{label}/{i}.png")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("members", [
+    [("cat/huge.png", 50)],                                    # one member over max_file_bytes
+    [(f"__MACOSX/cat/._{i}.png", 2) for i in range(25)],        # hidden members, never read, 50 MB in all
+], ids=["one_huge_member", "many_hidden_members"])
+def test_tar_gz_stops_once_skipped_members_pass_max_skipped_bytes(tmp_path, meter, members):
+    archive = tar_gz(tmp_path / "bomb.tar.gz", members)
+    size = archive.stat().st_size
+    limits = IngestLimits(max_file_bytes=MB, max_skipped_bytes=4 * MB)
+    started = time.perf_counter()
+    with pytest.raises(IngestError, match="max_skipped_bytes") as refused:
+        ingest(archive, tmp_path / "ws", limits=limits)
+    seconds = time.perf_counter() - started
+    read = meter.read_of(archive)
+    print(f"\n{len(members)} skipped member(s), {size} bytes of tar.gz: refused after reading {read} bytes "
+          f"of it, {meter.written} bytes written, {seconds:.2f} s: {refused.value}")
+    # decompressing to the end means reading the whole file; 4 MB of zeros is ~4 KB of gzip, read in 10 KB blocks
+    assert read < size / 2 and read < 64 * 1024
+    assert meter.written <= 4 * MB and seconds < 5
+    assert list((tmp_path / "ws" / "datasets").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_genuine_archive_of_images_still_ingests_under_the_bomb_limits(tmp_path, meter, kind):
+    """Photos (incompressible PNGs), plus plain-colour BMPs that compress ~800:1, each small."""
+    members = {f"{label}/{i}.png": png_bytes(i + (100 if label == "dog" else 0), size=64)
+               for label in ("cat", "dog") for i in range(20)}
+    for i, label in enumerate(("cat", "dog") * 3):
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (40 * i, 90, 200)).save(buf, "BMP")  # 196 KB, deflates to ~250 bytes
+        members[f"{label}/plain{i}.bmp"] = buf.getvalue()
+    archive = tmp_path / f"photos.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    ds = ingest(archive, tmp_path / "ws")
+    assert sorted(s.path for s in ds.samples) == sorted(members) and ds.skipped == ()
+    assert meter.written >= sum(len(d) for d in members.values())  # every member was extracted in full
