@@ -983,9 +983,29 @@ def load_dataset(workspace_dir: str | os.PathLike, dataset_id: str) -> Dataset:
 
 
 def load_dataset_dir(folder: str | os.PathLike) -> Dataset:
-    with open(Path(folder) / DATASET_FILE, encoding="utf-8") as fh:
-        d = json.load(fh)
-    return Dataset.from_dict({**d, "root": str(Path(folder).resolve())})
+    """A stored dataset from its index file. The index is data, not trusted: every sample path must name a
+    file inside the folder (relative, no "..", no link out of it), or IngestError names the first that does not."""
+    path = Path(folder) / DATASET_FILE
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+        root = Path(folder).resolve()
+        dataset = Dataset.from_dict({**d, "root": str(root)})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IngestError(f"{path}: not a dataset index this version can read ({exc})") from None
+    prefix = str(root).rstrip(os.sep) + os.sep
+    for sample in dataset.samples:
+        rel = sample.path
+        parts = rel.split("/")
+        unsafe = (not isinstance(rel, str) or not rel or rel.startswith("/") or "\0" in rel
+                  or any(p in ("", ".", "..") for p in parts))
+        if not unsafe:
+            real = os.path.realpath(dataset.path_of(sample))
+            unsafe = not real.startswith(prefix)
+        if unsafe:
+            raise IngestError(f"{path}: refused, sample {rel!r} points outside the dataset folder {root}; the index "
+                              "was altered. Ingest the images again")
+    return dataset
 
 
 def list_datasets(workspace_dir: str | os.PathLike) -> tuple[str, ...]:

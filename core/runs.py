@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from .config import TrainConfig
 from .data import SplitData, from_manifest
-from .events import Dispatcher, Listener
+from .events import Dispatcher, Listener, Note
 from .files import clean_leftovers
 from .runlock import RunLock, RunLocked, is_trained_now
 from .store import RunStore
@@ -93,7 +93,9 @@ def execute_run(store: RunStore, run_id: str, config: TrainConfig, data: SplitDa
             clean_leftovers(folder)  # half-written files of a trainer killed mid-write
         dispatcher = Dispatcher([StoreTracker(store), *listeners])
         if config.wandb:
-            dispatcher.add(WandbTracker(config.wandb_project, run_dir))
+            # a W&B server that cannot be reached: the tracker goes offline and the run's record says so
+            dispatcher.add(WandbTracker(config.wandb_project, run_dir,
+                                        notify=lambda message: dispatcher.emit(Note(run_id, message))))
         if config.tensorboard:
             dispatcher.add(TensorBoardTracker(os.path.join(run_dir, "tensorboard")))
         return Trainer(run_id, config, data, run_dir, dispatcher, should_stop,

@@ -95,9 +95,12 @@ def status_view() -> None:
                     else "Validating the baseline (epoch 0)…" if not snap.epochs else "Training the first batch…")
         else:
             text = "Preparing: loading the model and decoding the images…"
-        if snap.note:  # after the last epoch: the cross-validated check
-            text = ui.md_escape(snap.note[0].upper() + snap.note[1:])
+        note = ui.md_escape(snap.note[0].upper() + snap.note[1:]) if snap.note else ""
+        if note and snap.progress >= 0.999:  # after the last epoch: the cross-validated check
+            text = note
         st.progress(snap.progress, text=text)
+        if note and text != note:  # during training: out of memory retried, W&B gone offline
+            st.caption(note)
         if snap.status == "running" and st.button("Stop", help="Stops at the next batch; the last finished epoch's "
                                                                "checkpoint is kept and the run can be resumed."):
             ui.attempt("Stopping the run", manager.stop, run_id, user=ui.user())
