@@ -33,6 +33,7 @@ import re
 import shutil
 import stat
 import tarfile
+import time
 import uuid
 import zipfile
 import zlib
@@ -1152,6 +1153,26 @@ def _file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+STALE_STAGING_S = 24 * 3600  # a staging folder untouched this long belongs to an ingest that was killed
+
+
+def clean_stale_staging(datasets: Path, older_than_s: float = STALE_STAGING_S) -> int:
+    """Remove what killed ingests left in the dataset store (staging folders, half-written index files);
+    returns how many. An ingest running now keeps writing into its staging folder, so it is never this old."""
+    from .files import clean_leftovers
+
+    removed = clean_leftovers(str(datasets), older_than_s)
+    now = time.time()
+    for entry in os.scandir(datasets):
+        if entry.name.startswith(".staging-") and entry.is_dir(follow_symlinks=False):
+            newest = max((os.lstat(os.path.join(d, n)).st_mtime for d, _, names in os.walk(entry.path)
+                          for n in names), default=entry.stat(follow_symlinks=False).st_mtime)
+            if now - newest >= older_than_s:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
 def ingest(source: str | os.PathLike | BinaryIO, workspace_dir: str | os.PathLike, *,
            filename: str | None = None, image_root: str | os.PathLike | None = None,
            limits: IngestLimits = IngestLimits(), workers: int = 1) -> Dataset:
@@ -1166,6 +1187,7 @@ def ingest(source: str | os.PathLike | BinaryIO, workspace_dir: str | os.PathLik
     """
     datasets = _datasets_dir(workspace_dir)
     datasets.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(datasets)
     staging = datasets / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
     try:

@@ -625,3 +625,19 @@ def test_a_genuine_archive_of_images_still_ingests_under_the_bomb_limits(tmp_pat
     ds = ingest(archive, tmp_path / "ws")
     assert sorted(s.path for s in ds.samples) == sorted(members) and ds.skipped == ()
     assert meter.written >= sum(len(d) for d in members.values())  # every member was extracted in full
+
+
+def test_what_a_killed_ingest_left_is_cleaned_up_by_the_next_one(tmp_path):
+    from core.ingest import clean_stale_staging
+
+    datasets = tmp_path / "datasets"
+    old, fresh = datasets / ".staging-old", datasets / ".staging-fresh"
+    for folder in (old / "raw", fresh / "raw"):
+        folder.mkdir(parents=True)
+        (folder / "a.png").write_bytes(b"x")
+    (datasets / ".tmp-owners.json").write_text("{")
+    day_ago = time.time() - 2 * 24 * 3600
+    for path in (old / "raw" / "a.png", old / "raw", old, datasets / ".tmp-owners.json"):
+        os.utime(path, (day_ago, day_ago))
+    assert clean_stale_staging(datasets) == 2
+    assert sorted(os.listdir(datasets)) == [".staging-fresh"]  # an ingest running now keeps its folder
