@@ -14,7 +14,13 @@ ICONS = {"pages/home.py": ":material/home:", "pages/models.py": ":material/neuro
          "pages/dataset.py": ":material/photo_library:", "pages/configure.py": ":material/tune:",
          "pages/train.py": ":material/monitoring:", "pages/runs.py": ":material/history:",
          "pages/evaluate.py": ":material/fact_check:"}
-ui.gate()  # sign-in when the server has a login; a warning on every page when it is open to the network
+if not ui.signed_in():  # a server with a login: nothing but the sign-in form until then
+    # every page's address leads to the form (a bookmark of /evaluate opens there once signed in)
+    st.navigation([st.Page(ui.sign_in, title="Sign in", default=True)]
+                  + [st.Page(lambda: ui.sign_in(), title=title, url_path=os.path.splitext(os.path.basename(path))[0])
+                     for path, title in ui.PAGES.items() if path != "pages/home.py"], position="hidden").run()
+    st.stop()
+ui.account_bar()  # who is signed in; a warning on every page when the server is open to the network
 page = st.navigation([st.Page(path, title=title, icon=ICONS[path], default=path == "pages/home.py")
                       for path, title in ui.PAGES.items()])
 sidebar = st.sidebar.container()  # filled after the page ran, so it shows what the page just did

@@ -43,7 +43,7 @@ def disk_full(folder: str, need: int) -> DiskFull:
 def ensure_space(folder: str, need: int, margin: float = 1.1) -> None:
     """Raise DiskFull before writing `need` bytes into `folder` when they would not fit (with a margin)."""
     if free_bytes(folder) < need * margin:
-        raise disk_full(folder, need)
+        raise disk_full(folder, int(need * margin))  # what it takes, with the margin: never "free 14, need 13"
 
 
 def atomic_write(path: str, write: Callable[[str], None], size_hint: int = 0) -> str:
@@ -54,6 +54,7 @@ def atomic_write(path: str, write: Callable[[str], None], size_hint: int = 0) ->
         ensure_space(folder, size_hint)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix="-" + os.path.basename(path))
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the file gets the permissions open() would give
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -106,6 +107,15 @@ def clean_leftovers(folder: str, older_than_s: float = 0.0) -> int:
             except OSError:
                 pass
     return removed
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask is process-wide, setting it later would race other threads
 
 
 def _fsync_dir(folder: str) -> None:

@@ -134,35 +134,47 @@ def user() -> User:
     return p.user(st.session_state.get(USER)) or User("", False)
 
 
-def gate() -> None:
-    """Before any page: sign in when the server has a login; a loud warning on every page when it is reachable
-    from other machines without one. Ends the script (st.stop) until a user is signed in."""
+def signed_in() -> bool:
+    """Whether someone is signed in (always, on a server without a login)."""
     p = policy()
     if p.login == "oidc":
-        if not st.user.is_logged_in:
-            st.title("Transfer Studio")
-            st.info("Sign in to use this dashboard.")
-            st.button("Sign in", on_click=st.login, type="primary")
-            st.stop()
+        return bool(st.user.is_logged_in)
+    if p.login == "password":
+        return bool(st.session_state.get(USER))
+    return True
+
+
+def sign_in() -> None:
+    """The only page before signing in: OIDC's button, or the shared password with the user's name."""
+    p = policy()
+    st.title("Transfer Studio")
+    if p.login == "oidc":
+        st.info("Sign in to use this dashboard.")
+        st.button("Sign in", on_click=st.login, type="primary")
+        return
+    with st.form("sign_in"):
+        name = st.text_input("Your name", help="Runs and datasets you create are recorded as yours.")
+        password = st.text_input("Team password", type="password")
+        if st.form_submit_button("Sign in", type="primary"):
+            if not name.strip():
+                st.error("Give your name: runs and datasets are recorded under it.")
+            elif not p.check_password(password):
+                st.error("Wrong password.")
+            else:
+                st.session_state[USER] = name.strip()
+                st.rerun()
+
+
+def account_bar() -> None:
+    """Who is signed in and a way out (with a login); a loud warning on every page when the server is
+    reachable from other machines without one."""
+    p = policy()
+    if p.login != "none":
+        me = user()
+        st.sidebar.caption(f"Signed in as {md_escape(me.name)}" + (" (admin)" if me.is_admin else ""))
         if st.sidebar.button("Sign out"):
-            st.logout()
-    elif p.login == "password":
-        if not st.session_state.get(USER):
-            st.title("Transfer Studio")
-            with st.form("sign_in"):
-                name = st.text_input("Your name", help="Runs and datasets you create are recorded as yours.")
-                password = st.text_input("Team password", type="password")
-                if st.form_submit_button("Sign in", type="primary"):
-                    if not name.strip():
-                        st.error("Give your name: runs and datasets are recorded under it.")
-                    elif not p.check_password(password):
-                        st.error("Wrong password.")
-                    else:
-                        st.session_state[USER] = name.strip()
-                        st.rerun()
-            st.stop()
-        st.sidebar.caption(f"Signed in as {md_escape(user().name)}" + (" (admin)" if user().is_admin else ""))
-        if st.sidebar.button("Sign out"):
+            if p.login == "oidc":
+                st.logout()
             st.session_state.pop(USER, None)
             st.rerun()
     if p.open_to_the_network:
