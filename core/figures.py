@@ -11,6 +11,26 @@ import math
 from typing import Any, Sequence
 
 _HEIGHT = 420
+EXPORT_TEMPLATE = "plotly_white"  # a template plotly.js draws by itself (see `for_export`)
+TITLE_TOP = 72  # px above the plot area: the title sits at its bottom, the hover toolbar at its top
+
+
+def titled(text: str, **margin: int) -> dict[str, Any]:
+    """Layout of a title left-aligned just above the plot area, and a top margin that keeps it clear of the
+    toolbar plotly shows at the top right on hover (a title centred in the margin runs under it)."""
+    return {"title": {"text": text, "x": 0, "xref": "paper", "xanchor": "left", "y": 1, "yref": "paper",
+                      "yanchor": "bottom", "pad": {"b": 14}},
+            "margin": {**margin, "t": max(margin.get("t", 0), TITLE_TOP)}}
+
+
+def for_export(fig):
+    """`fig` drawn with a plotly template of real colours, for HTML that plotly.js renders on its own.
+
+    Importing Streamlit makes its own template the default (`pio.templates.default = "streamlit"`): its colours
+    are placeholders (#000001, #000002, ...) that only the dashboard's frontend swaps for the theme's, so a
+    figure exported from the dashboard's process would draw every bar and line nearly black."""
+    fig.update_layout(template=EXPORT_TEMPLATE)
+    return fig
 
 
 def plot_text(value: Any) -> str:
@@ -43,7 +63,7 @@ def confusion_figure(evaluation, normalized: bool = True, selected: tuple[int, i
     z = shares if normalized else counts
     top = max((v for row in z for v in row), default=0) or 1
     height = max(_HEIGHT, 30 * n + 150)
-    margin = {"l": 70, "r": 20, "t": 50, "b": 60}
+    margin = {"l": 70, "r": 20, "t": TITLE_TOP, "b": 60}
     cell_px = (height - margin["t"] - margin["b"]) / max(n, 1)
     cells = [(t, p) for t in range(n) for p in range(n)]
     fig = go.Figure(go.Heatmap(z=z, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1 if normalized else top,
@@ -61,11 +81,13 @@ def confusion_figure(evaluation, normalized: bool = True, selected: tuple[int, i
         t, p = selected
         fig.add_shape(type="rect", x0=p - 0.5, x1=p + 0.5, y0=t - 0.5, y1=t + 0.5,
                       line={"color": "#e15759", "width": 3})
-    fig.update_layout(title="Confusion matrix (colour: share of the true class)" if normalized else "Confusion matrix",
-                      xaxis_title="predicted", yaxis_title="true", height=height, margin=margin,
+    fig.update_layout(**titled("Confusion matrix (colour: share of the true class)" if normalized
+                               else "Confusion matrix", **margin),
+                      xaxis_title="predicted", yaxis_title="true", height=height,
                       hovermode="closest", clickmode="event+select", dragmode=False)
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=classes, side="bottom")
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=classes, autorange="reversed")
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=classes, side="bottom", showgrid=False)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=classes, autorange="reversed",
+                     showgrid=False)
     return fig
 
 
@@ -93,7 +115,7 @@ def reliability_figure(evaluation):
                          hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[1]:.3f}"
                                        "<br>%{customdata[0]} images<extra></extra>"))
     ece = evaluation.metrics.get("ece", float("nan"))
-    fig.update_layout(title=f"Reliability diagram (ECE {ece:.3f})", xaxis_title="confidence",
+    fig.update_layout(**titled(f"Reliability diagram (ECE {ece:.3f})"), xaxis_title="confidence",
                       yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1], height=_HEIGHT)
     return fig
 
@@ -103,8 +125,9 @@ def per_class_figure(evaluation):
     classes = [plot_text(row["class"]) for row in evaluation.per_class]
     fig = go.Figure([go.Bar(name=m, x=classes, y=[row[m] for row in evaluation.per_class])
                      for m in ("precision", "recall", "f1")])
-    fig.update_layout(title="Per-class precision, recall and F1", barmode="group", yaxis_range=[0, 1],
+    fig.update_layout(**titled("Per-class precision, recall and F1"), barmode="group", yaxis_range=[0, 1],
                       height=_HEIGHT)
+    fig.update_xaxes(type="category")  # classes named 0-9 are names, not numbers on a scale
     return fig
 
 
@@ -123,8 +146,9 @@ def models_figure(models: Sequence[Any]):
         values = [m.metrics.get(metric, float("nan")) for m in models]
         fig.add_trace(go.Bar(name=metric.replace("_", " "), x=names, y=values,
                              error_y=_error_bars(values, [m.intervals.get(metric) for m in models])))
-    fig.update_layout(title="Fine-tuned model and baselines on the same test images (95% bootstrap intervals)",
+    fig.update_layout(**titled("Fine-tuned model and baselines on the same test images (95% bootstrap intervals)"),
                       barmode="group", yaxis_range=[0, 1.05], height=_HEIGHT)
+    fig.update_xaxes(type="category")
     return fig
 
 
@@ -138,7 +162,7 @@ def robustness_figure(robustness):
         fig.add_trace(go.Scatter(x=[0] + [s.severity for s in rows],
                                  y=[robustness.clean_accuracy] + [s.accuracy for s in rows],
                                  mode="lines+markers", name=name.replace("_", " ")))
-    fig.update_layout(title="Accuracy under corruption (severity 0: clean)", xaxis_title="severity",
+    fig.update_layout(**titled("Accuracy under corruption (severity 0: clean)"), xaxis_title="severity",
                       yaxis_title="accuracy", xaxis_dtick=1, yaxis_range=[0, 1.05], height=_HEIGHT)
     return fig
 
@@ -149,8 +173,9 @@ def costs_figure(costs: Sequence[Any], currency: str = ""):
     fig = go.Figure(go.Bar(x=[plot_text(c.model) for c in costs], y=values,
                            error_y=_error_bars(values, [c.cost_per_month_interval for c in costs])))
     unit = f" ({plot_text(currency)})" if currency else ""
-    fig.update_layout(title=f"Cost of errors per month{unit}, 95% interval",
+    fig.update_layout(**titled(f"Cost of errors per month{unit}, 95% interval"),
                       yaxis_title="cost per month", height=_HEIGHT)
+    fig.update_xaxes(type="category")
     return fig
 
 
@@ -171,8 +196,8 @@ def bakeoff_figure(result):
                       "%{customdata[1]:.1f} at batch " + str(result.latency_batch) +
                       "<br>%{customdata[0]:.1f} M parameters<br>k-NN accuracy %{customdata[2]:.3f}"
                       "<br>peak memory %{customdata[3]:.0f} MiB<extra></extra>"))
-    fig.update_layout(title=f"Bake-off: validation accuracy (linear probe, 95% interval) vs latency; "
-                            f"recommended: {plot_text(result.recommendation)}",
+    fig.update_layout(**titled(f"Bake-off: validation accuracy (linear probe, 95% interval) vs latency; "
+                               f"recommended: {plot_text(result.recommendation)}"),
                       xaxis_title=f"latency per image at batch 1, ms ({result.device}, {result.dtype})",
                       yaxis_title="validation accuracy", height=_HEIGHT)
     return fig

@@ -519,7 +519,8 @@ def render_html(report: EvaluationReport) -> str:
     if report.costs:
         figs.append(("costs", figures.costs_figure(report.costs, report.options.costs.currency
                                                    if report.options.costs else "")))
-    rendered = {name: fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{name}")
+    rendered = {name: figures.for_export(fig).to_html(full_html=False, include_plotlyjs=(i == 0),
+                                                      div_id=f"fig-{name}")
                 for i, (name, fig) in enumerate(figs)}
 
     parts = [f"<h1>Evaluation of run {html.escape(report.run_id)}</h1>",

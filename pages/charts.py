@@ -3,18 +3,38 @@ evaluation (confusion matrix, reliability, baselines, robustness, costs) are cor
 draws them too. User strings (class names, run names) go through core.figures.plot_text, as there."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.figures import plot_text
+from core.figures import plot_text, titled
 
 FROZEN, TRAINABLE, HEAD = "#9aa5b1", "#2f7ed8", "#f28e2b"
 PALETTE = ("#2f7ed8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac")
-_LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2), height=320,
-               template="plotly_white")
+_MARGIN = dict(l=10, r=10, b=10)
+_LAYOUT = dict(legend=dict(orientation="h", y=-0.2), height=320, template="plotly_white")
+
+
+def _integer_x(fig: go.Figure, xs: Iterable[float]) -> None:
+    """Whole-number x values (epochs, steps) get whole-number ticks, and one value alone a range that starts at
+    it: plotly would centre a single point on -1..1, or tick an epoch axis at 0.5."""
+    xs = sorted({float(x) for x in xs if x is not None and math.isfinite(float(x))})
+    if not xs or not all(x.is_integer() for x in xs):
+        return
+    lo, hi = xs[0], max(xs[-1], xs[0] + 1)
+    fig.update_xaxes(range=[lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)], tick0=0,
+                     dtick=max(1, math.ceil((hi - lo) / 8)), tickformat="d")
+
+
+def _log_y(fig: go.Figure, values: Iterable[float]) -> None:
+    """A log y axis labelled once per power of ten when the values span two or more (plotly's default labels
+    the 2s and 5s between as well, which crowd a small chart), and at 1, 2 and 5 when they span less."""
+    positive = [float(v) for v in values if v is not None and math.isfinite(float(v)) and v > 0]
+    decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+    fig.update_yaxes(type="log", dtick=1 if decades >= 2 else "D2", exponentformat="power" if decades >= 2 else "e")
 
 
 def curves_figure(frame: pd.DataFrame, title: str, y_title: str, x_title: str = "epoch", log_y: bool = False,
@@ -30,9 +50,10 @@ def curves_figure(frame: pd.DataFrame, title: str, y_title: str, x_title: str = 
     for name, value in (baseline or {}).items():
         fig.add_hline(y=value, line_dash="dash", line_color="#555", annotation_text=name,
                       annotation_position="bottom right")
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
+    fig.update_layout(**titled(title, **_MARGIN), xaxis_title=x_title, yaxis_title=y_title, **_LAYOUT)
+    _integer_x(fig, frame["x"])
     if log_y:
-        fig.update_yaxes(type="log")
+        _log_y(fig, frame["value"])
     if y_range:
         fig.update_yaxes(range=list(y_range))
     return fig
@@ -49,7 +70,7 @@ def gradient_figure(frame: pd.DataFrame, x_title: str = "epoch") -> go.Figure:
         z=z, x=[f"{x:.2f}" for x in wide.columns], y=list(wide.index), colorscale="Viridis", zmin=-7, zmax=-1,
         colorbar=dict(title="log10 update / weight", len=0.9),
         hovertemplate="%{y} at %{x}: 10^%{z:.1f} of its weights per step<extra></extra>"))
-    fig.update_layout(title="Where the network adapts: update / weight ratio per layer group",
+    fig.update_layout(**titled("Where the network adapts: update / weight ratio per layer group", **_MARGIN),
                       xaxis_title=x_title, yaxis_title="layer group (input at the bottom)",
                       **{**_LAYOUT, "height": 360})
     fig.update_xaxes(type="category", nticks=12)
@@ -68,9 +89,10 @@ def groups_figure(groups: Sequence[Mapping]) -> go.Figure:
         hovertemplate="group %{x}: %{customdata[0]}<br>%{y:,} parameters, %{customdata[1]}<extra></extra>"))
     frozen = sum(g["params"] for g in groups if g["frozen"])
     total = sum(g["params"] for g in groups) or 1
-    fig.update_layout(title=f"Layer groups, input → output: {frozen / total:.0%} of the parameters frozen (grey)",
-                      xaxis_title="layer group", yaxis_title="parameters", **{**_LAYOUT, "height": 280})
-    fig.update_yaxes(type="log")
+    fig.update_layout(**titled(f"Layer groups, input → output: {frozen / total:.0%} of the parameters frozen (grey)",
+                               **_MARGIN),
+                      xaxis_title="layer group", yaxis_title="parameters", **{**_LAYOUT, "height": 300})
+    _log_y(fig, [g["params"] for g in groups])
     return fig
 
 
@@ -81,8 +103,8 @@ def class_counts_figure(split_counts: Mapping[str, Mapping[str, int]]) -> go.Fig
     for split, per_class in split_counts.items():
         fig.add_trace(go.Bar(x=[plot_text(c) for c in per_class], y=list(per_class.values()), name=split,
                              marker_color=colors.get(split)))
-    fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class", yaxis_title="images",
-                      **_LAYOUT)
+    fig.update_layout(**titled("Images per class", **_MARGIN), barmode="stack", xaxis_title="class",
+                      yaxis_title="images", **_LAYOUT)
     fig.update_xaxes(type="category")
     return fig
 
@@ -94,5 +116,6 @@ def overlay_figure(frame: pd.DataFrame, metric: str, title: str) -> go.Figure:
     for i, (run, rows) in enumerate(part.groupby("run", sort=False)):
         fig.add_trace(go.Scatter(x=rows["epoch"], y=rows["value"], name=plot_text(run), mode="lines+markers",
                                  line=dict(color=PALETTE[i % len(PALETTE)])))
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
+    fig.update_layout(**titled(title, **_MARGIN), xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
+    _integer_x(fig, part["epoch"])
     return fig

@@ -63,3 +63,63 @@ def test_costs_figure_shows_each_models_cost_with_its_interval():
     bar = figures.costs_figure(costs, "EUR").data[0]
     assert list(bar.x) == ["a", "b"] and list(bar.y) == pytest.approx([0.0, 300.0])
     assert "EUR" in figures.costs_figure(costs, "EUR").layout.title.text
+
+
+def test_an_exported_figure_carries_real_colours_even_where_streamlit_set_its_template(evaluation, monkeypatch):
+    import plotly.io as pio
+    import streamlit  # noqa: F401  (registers its template, as in the dashboard's process)
+
+    monkeypatch.setattr(pio.templates, "default", "streamlit")
+    placeholders = figures.per_class_figure(evaluation).layout.template.layout.colorway
+    assert placeholders[0] == "#000001", "the cause: Streamlit's colours are placeholders for its frontend"
+    exported = figures.for_export(figures.per_class_figure(evaluation))
+    colorway = exported.layout.template.layout.colorway
+    assert len(set(colorway[:3])) == 3 and not any(c.startswith("#0000") for c in colorway)
+    assert exported.layout.xaxis.type == "category", "classes named 0-9 are not a numeric axis"
+
+
+def test_titles_sit_above_the_plot_clear_of_the_hover_toolbar(evaluation):
+    import pandas as pd
+
+    from core.impact import CostModel, error_costs
+    from pages import charts
+
+    y = np.array([0, 1, 1, 0])
+    costs = error_costs(y, {"a": y}, ("ok", "defect"), CostModel(monthly_volume=100, error_cost=3))
+    curves = pd.DataFrame({"x": [0, 1], "value": [0.5, 0.6], "series": ["val accuracy"] * 2})
+    for fig in (figures.confusion_figure(evaluation), figures.reliability_figure(evaluation),
+                figures.per_class_figure(evaluation), figures.costs_figure(costs),
+                charts.curves_figure(curves, "Accuracy and F1", "score"),
+                charts.class_counts_figure({"train": {"a": 3, "b": 4}})):
+        title = fig.layout.title
+        assert (title.yref, title.y, title.yanchor, title.xanchor) == ("paper", 1, "bottom", "left"), title.text
+        assert fig.layout.margin.t >= figures.TITLE_TOP, title.text
+
+
+def test_one_epoch_is_drawn_on_whole_epochs_not_around_zero():
+    import pandas as pd
+
+    from pages import charts
+
+    one = charts.curves_figure(pd.DataFrame({"x": [0], "value": [0.8], "series": ["val accuracy"]}), "Accuracy", "")
+    lo, hi = one.layout.xaxis.range
+    assert -0.1 < lo <= 0 and 1 <= hi < 1.1 and one.layout.xaxis.dtick == 1
+    assert "markers" in one.data[0].mode, "a single point shows as a marker"
+    batches = pd.DataFrame({"x": [0.1, 0.5, 0.9], "value": [2.0, 1.5, 1.2], "series": ["train loss (batch)"] * 3})
+    assert charts.curves_figure(batches, "Loss", "loss").layout.xaxis.range is None, "fractions: plotly's own ticks"
+    overlay = charts.overlay_figure(pd.DataFrame({"run": ["r1"], "epoch": [1], "metric": ["val_loss"],
+                                                  "value": [0.3]}), "val_loss", "Validation loss")
+    assert overlay.layout.xaxis.range[0] <= 1 <= overlay.layout.xaxis.range[1] and overlay.layout.xaxis.dtick == 1
+
+
+def test_log_axes_are_labelled_once_per_power_of_ten_when_they_span_several():
+    import pandas as pd
+
+    from pages import charts
+
+    groups = [{"group": i, "modules": f"m{i}", "params": p, "frozen": i < 2} for i, p in enumerate((800, 6e4, 2e6))]
+    fig = charts.groups_figure(groups + [{"group": 3, "modules": "adapter + head", "params": 1290, "frozen": False}])
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
+    lrs = pd.DataFrame({"x": [0.5, 1.0], "value": [1e-3, 4e-4], "series": ["head"] * 2})
+    narrow = charts.curves_figure(lrs, "Learning rate", "lr", log_y=True)
+    assert narrow.layout.yaxis.type == "log" and narrow.layout.yaxis.dtick == "D2"
