@@ -27,6 +27,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, t
 from .checkpoint import load_model
 from .data import BatchSource, Split
 from .metrics import classification_metrics
+from .outcome import PROBE
 from .runs import run_inputs
 from .stats import Calibration, McNemarResult, bootstrap_intervals, calibration, mcnemar
 from .store import RunStore
@@ -74,6 +75,7 @@ class RunEvaluation:
     y_true: tuple[int, ...] = ()
     y_pred: tuple[int, ...] = ()
     confidence: tuple[float, ...] = ()  # the probability of the predicted class
+    kept: str = ""  # what the run saved as its model: "linear probe", "fine-tuned", or "" when not recorded
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -256,7 +258,33 @@ def compare_evaluations(a: RunEvaluation, b: RunEvaluation) -> RunComparison:
     reason = (f"McNemar's test on the same {len(order)} images: {test.a_only_correct} right only for run "
               f"{a.run_id}, {test.b_only_correct} only for run {b.run_id}; p = {test.p_value:.3g} ({test.method}): "
               f"{said}")
-    return RunComparison(a.run_id, b.run_id, rows, test, reason, len(common))
+    identical = (np.array_equal(np.asarray(a.y_pred), np.asarray(b.y_pred)[order])
+                 and len(a.confidence) == len(b.confidence)
+                 and np.allclose(np.asarray(a.confidence), np.asarray(b.confidence)[order], rtol=0, atol=1e-6))
+    why = _why_alike(a, b, identical, len(order))
+    return RunComparison(a.run_id, b.run_id, rows, test, f"{why} {reason}" if why else reason, len(common))
+
+
+def _why_alike(a: RunEvaluation, b: RunEvaluation, identical: bool, n: int) -> str:
+    """Why two runs may predict alike: both saved their linear probe rather than a fine-tuned model (the same
+    frozen pretrained trunk, a linear classifier fitted alike on the same training images), or the same weights."""
+    probes = [e.run_id for e in (a, b) if e.kept == PROBE]
+    if len(probes) == 2 and identical:
+        return (f"Both runs' saved models are the same linear probe: neither run's fine-tuning beat its probe on "
+                "validation, so each kept the frozen pretrained model with a linear classifier fitted on the same "
+                f"training images, and the two give identical predictions and confidences on all {n} images. There "
+                "is nothing to tell apart; to compare fine-tuning recipes, change what makes fine-tuning beat the "
+                "probe (more epochs, another learning rate or freeze ratio).")
+    if identical:
+        return (f"The two saved models give identical predictions and confidences on all {n} images: they are the "
+                "same weights (the same checkpoint, or the same linear probe), so there is nothing to tell apart.")
+    if len(probes) == 2:
+        return ("Both runs kept their linear probe (their fine-tuning did not beat it on validation): this compares "
+                "the two probes, not fine-tuning.")
+    if probes:
+        return (f"Run {probes[0]} kept its linear probe (its fine-tuning did not beat it on validation): this "
+                "compares that probe with the other run's model.")
+    return ""
 
 
 # -------------------------------------------------------------------------------------------- a run
@@ -270,7 +298,8 @@ def evaluate_run(runs_dir: str, run_id: str, split: str = "test", device: str = 
         raise EvaluationError(f"run {run_id} has no {split} split; evaluate on 'val' or give data with a test set")
     model, pre, meta = load_model(weights)
     pred = predict(model, pre, part, tuple(meta["classes"]), torch.device(device))
-    return summarize(pred, run_id, split, recorded_baseline(store, run_id, split))
+    evaluation = summarize(pred, run_id, split, recorded_baseline(store, run_id, split))
+    return dataclasses.replace(evaluation, kept=str(meta.get("kept") or ""))
 
 
 def best_checkpoint(store: RunStore, run_id: str) -> str:

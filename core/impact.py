@@ -58,7 +58,7 @@ class CostModel:
 class ModelCost:
     model: str
     error_rate: float  # share of test images misclassified
-    errors_per_month: float
+    errors_per_month: float  # expected: error rate x volume, a fraction (pages and reports show it rounded)
     cost_per_image: float
     cost_per_month: float
     cost_per_month_interval: tuple[float, float]  # bootstrap 95% over the test images

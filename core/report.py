@@ -174,7 +174,8 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
 
     # 1. the images evaluated on, decoded once (the sweep re-predicts them 15 times)
     if options.data:
-        paths, labels, excluded, unknown = drift_images(options.data, classes, seen, workspace)
+        paths, labels, excluded, unknown = drift_images(stored_source(options.data, workspace), classes, seen,
+                                                        workspace)
         split_name = f"data:{options.data}"
         left_out = f"; unknown classes left out: {', '.join(unknown)}" if unknown else ""
         notes.append(f"evaluated on {options.data}: {len(paths)} images; {excluded} left out as copies of the "
@@ -271,8 +272,9 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     drift_result = None
     if options.drift_data:
         progress(f"drift: evaluating on {options.drift_data}")
-        drift_result = drift(model, pre, options.drift_data, classes, seen, workspace,
+        drift_result = drift(model, pre, stored_source(options.drift_data, workspace), classes, seen, workspace,
                              evaluation.metrics["accuracy"], device, run_id, options.batch_size)
+        drift_result = dataclasses.replace(drift_result, source=options.drift_data)
         if drift_result.excluded_overlap:
             notes.append(f"drift: {drift_result.excluded_overlap} images of {options.drift_data} are copies of the "
                          "run's train/val images and were left out")
@@ -283,6 +285,32 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
                               run_outcome=outcome, advice=tuple(summary.get("advice", ())),
                               adaptation=summary.get("adaptation", ""))
     return with_costs(report, options.costs)
+
+
+GENERIC_FOLDER_NAMES = ("test", "val", "valid", "validation", "train", "training", "images", "imgs", "data",
+                        "dataset", "holdout")
+
+
+def stored_name(source: str) -> str:
+    """The name a folder given as data is stored under in the workspace (what the Dataset page lists): its own
+    name, behind its parent's when its own says nothing (`flowers/test`, not a dataset called "test"). An
+    archive or CSV keeps its file name, which also tells its kind."""
+    path = os.path.normpath(os.path.abspath(source))
+    name = os.path.basename(path)
+    if os.path.isdir(path) and name.lower() in GENERIC_FOLDER_NAMES:
+        parent = os.path.basename(os.path.dirname(path))
+        return f"{parent}/{name}" if parent else name
+    return name
+
+
+def stored_source(source: str, workspace_dir: str) -> str:
+    """`source` stored in the workspace under `stored_name`, as the stored dataset's folder; a stored dataset
+    (its id or folder), the demo, a split manifest or a missing path as given (core.robustness says what's wrong)."""
+    from .ingest import DATASET_FILE, resolve_dataset
+
+    if not os.path.isdir(source) or os.path.isfile(os.path.join(source, DATASET_FILE)):
+        return source
+    return resolve_dataset(source, workspace_dir, filename=stored_name(source)).root
 
 
 def with_costs(report: EvaluationReport, costs: CostModel | None) -> EvaluationReport:
@@ -594,10 +622,11 @@ def render_html(report: EvaluationReport) -> str:
         cm = report.options.costs
         parts.append("<h2>Cost of errors</h2>")
         parts.append(f"<p>{cm.monthly_volume:,.0f} images per month; {html.escape(json.dumps(cm.to_dict()))}</p>")
-        parts.append(_table(["model", "error rate", "errors per month", "cost per image", "cost per month",
-                             "95% interval"],
-                            [[c.model, c.error_rate, c.errors_per_month, c.cost_per_image, c.cost_per_month,
-                              _interval(c.cost_per_month_interval, 2)] for c in report.costs], "costs"))
+        parts.append(_table(["model", "error rate", "errors per month (expected)", "cost per image",
+                             "cost per month", "95% interval"],
+                            [[c.model, c.error_rate, f"{c.errors_per_month:,.0f}", c.cost_per_image,
+                              f"{c.cost_per_month:,.2f}", _interval(c.cost_per_month_interval, 2)]
+                             for c in report.costs], "costs"))
         parts.append(rendered["costs"])
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"

@@ -15,7 +15,7 @@ from core.estimate import default_device
 from core.evaluate import cell_images, compare_evaluations, evaluate_run
 from core.impact import cost_model, error_costs
 from core.report import FINE_TUNED, EvaluationOptions, build_report, default_report_dir, deployment_rows, \
-    model_rows, progress_steps, with_costs, write_report
+    model_rows, progress_steps, stored_name, with_costs, write_report
 from pages import ui
 
 ui.through_app(__file__)
@@ -31,7 +31,7 @@ EXPORTED = "evaluate.exported"  # dict(task, files) of the last export
 N_SHOWN = 24  # images shown per grid
 REPORT_DEFAULTS = {"baselines": True, "from_scratch": False, "corruptions": list(CORRUPTIONS),
                    "severities": list(SEVERITIES), "latency": True, "latency_budget_s": 1.0, "drift_dataset": "",
-                   "drift_path": ""}  # the report form's widgets (evaluate.opt.<name>) and their first values
+                   "drift_path": "", "drift_store": False}  # the report form's widgets (evaluate.opt.<name>)
 COMPARISON_LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "macro_precision": "macro precision",
                      "macro_recall": "macro recall", "top3_accuracy": "top-3 accuracy",
                      "top5_accuracy": "top-5 accuracy", "log_loss": "log loss", "ece": "calibration error (ECE)"}
@@ -60,6 +60,11 @@ def cell_of(value, n: int) -> tuple[int, int] | None:
     except ValueError:
         return None
     return (t, p) if 0 <= t < n and 0 <= p < n else None
+
+
+def milliseconds(ms: float) -> str:
+    """A latency short enough for a metric tile: "15.6 ms", "7,938 ms"."""
+    return f"{ms:,.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
 
 
 def image_grid(items, caption) -> None:
@@ -120,9 +125,13 @@ for col, key in zip(cols, ("accuracy", "macro_f1", "macro_precision", "macro_rec
     label = f"{split} {key.replace('_', ' ')}" + (" (the probe)" if is_probe else "")
     if is_probe:
         col.metric(label, f"{result.metrics[key]:.1%}", "the linear probe itself", delta_color="off", delta_arrow="off")
+    elif base is None:
+        col.metric(label, f"{result.metrics[key]:.1%}")
+    elif abs(result.metrics[key] - base) < 0.0005:  # shown as +0.0% or -0.0%: no gain, so neither green nor red
+        col.metric(label, f"{result.metrics[key]:.1%}", "same as the linear probe", delta_color="off",
+                   delta_arrow="off")
     else:
-        col.metric(label, f"{result.metrics[key]:.1%}",
-                   f"{result.metrics[key] - base:+.1%} vs. linear probe" if base is not None else None)
+        col.metric(label, f"{result.metrics[key]:.1%}", f"{result.metrics[key] - base:+.1%} vs. linear probe")
 cols[4].metric("log loss", f"{result.metrics['log_loss']:.3f}")
 intervals = ", ".join(f"{name.replace('_', ' ')} {lo:.3f}–{hi:.3f}" for name, (lo, hi) in result.intervals.items())
 st.caption(f"{result.n_images} {split} images. 95% bootstrap intervals: {intervals}. "
@@ -213,13 +222,14 @@ with tabs[0]:
 
 # ---------------------------------------------------------------------------- per class, calibration
 with tabs[1]:
-    left, right = st.columns([2, 3])
-    with left:
-        st.dataframe(pd.DataFrame(result.per_class), hide_index=True, column_config={
-            "precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-            "recall": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
-            "f1": st.column_config.ProgressColumn("F1", format="percent", min_value=0, max_value=1)})
-    right.plotly_chart(figures.per_class_figure(result), key="evaluate.per_class")
+    # the whole width: in a column beside the chart, recall, F1 and support were cut off
+    st.dataframe(pd.DataFrame(result.per_class), hide_index=True, width="stretch", column_config={
+        "class": st.column_config.TextColumn("class", width="medium"),
+        "precision": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1, width="medium"),
+        "recall": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1, width="medium"),
+        "f1": st.column_config.ProgressColumn("F1", format="percent", min_value=0, max_value=1, width="medium"),
+        "support": st.column_config.NumberColumn("support (images)", width="small")})
+    st.plotly_chart(figures.per_class_figure(result), key="evaluate.per_class")
     left, right = st.columns([3, 2])
     left.plotly_chart(figures.reliability_figure(result), key="evaluate.reliability")
     right.markdown("**Calibration.** Bars below the diagonal: the model is more confident than it is right "
@@ -257,11 +267,23 @@ with tabs[2]:
                     format_func=lambda d: names.get(d, d) if d else "none")
         c.text_input("…or a folder, archive or CSV on this server", key="evaluate.opt.drift_path",
                      help="Images the run trained or validated on are left out. A path here wins over the list.")
+        c.checkbox("Store it in this workspace as a dataset", key="evaluate.opt.drift_store",
+                   help="A folder, archive or CSV given as a path is copied into the workspace as a dataset (named "
+                        "after its folder, e.g. flowers/test) and listed under Stored datasets on the Dataset page; "
+                        "the report needs that copy.")
         submitted = st.form_submit_button("Build the full report", type="primary")
     chosen = {name: st.session_state[f"evaluate.opt.{name}"] for name in REPORT_DEFAULTS}
     drift_path = chosen["drift_path"].strip()  # a server path: only where this server allows reading data
     drift = (ui.attempt("Checking the second data source", workspace.server_path, drift_path) if drift_path
              else chosen["drift_dataset"] or None)
+    storing = bool(drift_path and drift is not None and os.path.exists(drift))  # a missing path: the report says so
+    unconfirmed = storing and not chosen["drift_store"]
+    if storing:
+        (st.warning if unconfirmed and submitted else st.caption)(
+            f"{ui.md_escape(drift_path)} will be stored in this workspace as the dataset "
+            f"**{ui.md_escape(stored_name(drift))}** (listed under Stored datasets)"
+            + (": tick *Store it in this workspace as a dataset* and build again, or pick a stored dataset."
+               if unconfirmed else "."))
     options = None if drift_path and drift is None else ui.attempt(
         "Checking the report options", EvaluationOptions, split=split, drift_data=drift,
         workspace_dir=workspace.root, baselines=chosen["baselines"], from_scratch=chosen["from_scratch"],
@@ -270,7 +292,7 @@ with tabs[2]:
         latency_budget_s=float(chosen["latency_budget_s"]))
     task_key = json.dumps({"run": run_id, "checkpoint": mtime, **(options.to_dict() if options else {})},
                           sort_keys=True)
-    if submitted and options is not None:
+    if submitted and options is not None and not unconfirmed:
         st.session_state[REPORT_SAVED] = chosen
         tasks.submit("report", task_key, f"Report on run {run_id} ({split})", build_report, runs_dir, run_id,
                      options, owner=ui.user().name)
@@ -311,10 +333,18 @@ with tabs[2]:
             st.subheader("Deployment, measured on this machine")
             lat = report.deployment.latency
             cols = st.columns(4)
-            cols[0].metric("parameters", f"{report.deployment.parameters / 1e6:.2f} M")
-            cols[1].metric("latency, batch 1", f"{lat.latency_ms_batch1:.1f} ms/image")
-            cols[2].metric(f"throughput, batch {lat.batch_size}", f"{lat.throughput_per_s:.0f} images/s")
-            cols[3].metric(f"peak memory, batch {lat.batch_size}", f"{lat.peak_memory_mb:.0f} MiB")
+            where = f"on {lat.device}, {lat.dtype}, {lat.image_size} px images" + (
+                f"; load average {lat.load_average:.2f} when measured" if lat.load_average is not None else "")
+            cols[0].metric("parameters", f"{report.deployment.parameters / 1e6:.2f} M",
+                           help="Every parameter of the saved model: pretrained trunk, adapter and head.")
+            cols[1].metric("latency per image", milliseconds(lat.latency_ms_batch1),
+                           help=f"Median time to classify one image at a time (batch 1), {where}. At batch "
+                                f"{lat.batch_size}: {milliseconds(lat.latency_ms_batch)} per image.")
+            cols[2].metric(f"images/s, batch {lat.batch_size}", f"{lat.throughput_per_s:,.0f}",
+                           help=f"Throughput with batches of {lat.batch_size} images, {where}.")
+            cols[3].metric(f"peak memory, batch {lat.batch_size}", f"{lat.peak_memory_mb:,.0f} MiB",
+                           help=f"Above the memory with the model loaded; measured as {lat.memory_method}.")
+            st.caption(f"Measured {where}.")
             with st.expander("All deployment figures"):
                 st.dataframe(pd.DataFrame([(k, str(v)) for k, v in deployment_rows(report.deployment)],
                                           columns=["figure", "value"]), hide_index=True)
@@ -364,12 +394,13 @@ with tabs[3]:
     if priced:
         unit = f" {prices.currency}" if prices.currency else ""
         st.dataframe(pd.DataFrame([{
-            "model": c.model, "error rate": c.error_rate, "errors per month": c.errors_per_month,
+            "model": c.model, "error rate": c.error_rate, "errors per month": round(c.errors_per_month),
             "cost per image": c.cost_per_image, f"cost per month{unit}": c.cost_per_month,
             "95% interval": f"{c.cost_per_month_interval[0]:,.0f} – {c.cost_per_month_interval[1]:,.0f}"}
             for c in priced]), hide_index=True, column_config={
             "error rate": st.column_config.NumberColumn(format="percent"),
-            "errors per month": st.column_config.NumberColumn(format="localized"),
+            "errors per month": st.column_config.NumberColumn(
+                "errors per month", format="localized", help="Expected: error rate × images per month, rounded."),
             "cost per image": st.column_config.NumberColumn(format="%.3f"),
             f"cost per month{unit}": st.column_config.NumberColumn(format="localized")})
         st.plotly_chart(figures.costs_figure(priced, prices.currency), key="evaluate.costs")
@@ -394,7 +425,8 @@ with tabs[4]:
                 "a": st.column_config.NumberColumn(f"run {run_id}", format="%.4f"),
                 "b": st.column_config.NumberColumn(f"run {other}", format="%.4f"),
                 "difference": st.column_config.NumberColumn(f"{other} − {run_id}", format="%+.4f")})
-            (st.success if comparison.paired is not None else st.info)(ui.md_escape(comparison.reason))
+            told_apart = comparison.paired is not None and comparison.paired.method != "no discordant images"
+            (st.success if told_apart else st.info)(ui.md_escape(comparison.reason))
 
 # ------------------------------------------------------------------------------------------- export
 with tabs[5]:

@@ -144,3 +144,31 @@ def test_runs_on_different_images_or_classes_are_compared_without_a_paired_test(
     three = _fixed_predictions(seed=5, c=3)
     comparison = compare_evaluations(a, summarize(three, "run-c"))
     assert comparison.paired is None and "different classes" in comparison.reason
+
+
+def test_two_runs_that_both_kept_the_same_probe_are_said_to_be_the_same_model():
+    import dataclasses
+
+    from core.evaluate import compare_evaluations
+
+    pred = _fixed_predictions(seed=7)
+    a, b = (dataclasses.replace(summarize(pred, run), kept="linear probe") for run in ("run-a", "run-b"))
+    comparison = compare_evaluations(a, b)
+    assert comparison.paired.p_value == 1
+    assert comparison.reason.startswith("Both runs' saved models are the same linear probe"), comparison.reason
+    assert "identical predictions and confidences on all 120 images" in comparison.reason
+    # the same weights without a record of what was kept: still said, not only "p = 1"
+    plain = compare_evaluations(summarize(pred, "run-a"), summarize(pred, "run-b"))
+    assert "identical predictions and confidences" in plain.reason and "same weights" in plain.reason
+    # two probes that differ are compared, and the reader is told these are probes
+    other = Predictions(pred.classes, pred.paths, pred.y_true, _fixed_predictions(seed=8).probs)
+    c = dataclasses.replace(summarize(other, "run-c"), kept="linear probe")
+    assert "this compares the two probes, not fine-tuning" in compare_evaluations(a, c).reason
+    d = dataclasses.replace(summarize(other, "run-d"), kept="fine-tuned")
+    assert compare_evaluations(a, d).reason.startswith("Run run-a kept its linear probe")
+
+
+def test_evaluate_run_records_what_the_run_kept(small_digits_dir, tiny_config, tmp_path):
+    summary = start_run(tiny_config.replace(epochs=1), small_digits_dir, str(tmp_path))
+    ev = evaluate_run(str(tmp_path), summary["run_id"])
+    assert ev.kept == summary["outcome"]["kept"] and ev.kept in ("fine-tuned", "linear probe")

@@ -3,7 +3,10 @@
 button, in the background; the tests after it find it again as a user coming back to the page would."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -139,6 +142,10 @@ def test_the_full_report_runs_in_the_background_and_its_sections_show(ws, report
     assert {"Fine-tuned model and baselines", "Deployment, measured on this machine",
             "Robustness to corruptions"} <= set(headings)
     assert f"{report.deployment.parameters / 1e6:.2f} M" in [m.value for m in at.metric]
+    # the latency tile holds a short figure (it was cut off); the conditions are in its help and a caption
+    latency = next(m for m in at.metric if m.label == "latency per image")
+    assert re.fullmatch(r"[\d,]+(\.\d)? ms", latency.value) and "batch 1" in latency.proto.help
+    assert any(c.value.startswith("Measured on ") for c in at.caption)
     assert len(at.get("plotly_chart")) >= 5  # + models, robustness (and costs)
     # away to another page and back: the widgets were dropped, the report is still there
     at.switch_page("pages/runs.py").run()
@@ -158,6 +165,8 @@ def test_costs_are_priced_for_every_model_and_change_with_the_inputs(ws, report_
     assert costs.index.tolist() == MODELS
     errors = ev.n_images - int(np.trace(ev.confusion))
     assert costs.loc["fine-tuned", "cost per month"] == pytest.approx(1000 * 2.0 * errors / ev.n_images)
+    assert costs.loc["fine-tuned", "errors per month"] == round(1000 * errors / ev.n_images), "whole errors"
+    assert all(float(v).is_integer() for v in costs["errors per month"])
     majority = next(m for m in report_task.result.models if m.name == "majority class")
     assert costs.loc["majority class", "cost per month"] == pytest.approx(
         1000 * 2.0 * (1 - majority.metrics["accuracy"]))
@@ -173,6 +182,10 @@ def test_costs_are_priced_for_every_model_and_change_with_the_inputs(ws, report_
         1000 * (2.0 * errors + 100 * missed[k]) / ev.n_images)
     assert ui._job_manager(workspace.root).tasks.latest("report").task_id == report_task.task_id, \
         "a change of costs starts no report"
+
+    at.number_input(key="evaluate.cost.volume").set_value(333.0).run()  # 333 x an error rate: a fraction
+    expected = frame_with(at, "cost per month").set_index("model").loc["fine-tuned", "errors per month"]
+    assert expected == round(333 * errors / ev.n_images) and float(expected).is_integer()
 
     at.text_input(key="evaluate.cost.fp").set_value("lots").run()
     assert any("not a number" in shown(e.value) for e in at.error) and not at.exception
@@ -197,7 +210,7 @@ def test_two_runs_are_compared_image_by_image_when_they_share_the_test_images(ws
     table = frame_with(at, "metric").set_index("metric")
     assert table.loc["accuracy", "a"] == pytest.approx(a.metrics["accuracy"])
     assert table.loc["accuracy", "b"] == pytest.approx(b.metrics["accuracy"])
-    said = " ".join(shown(s.value) for s in at.success)
+    said = " ".join(shown(s.value) for s in (*at.success, *at.info))  # info when nothing tells them apart
     assert f"McNemar's test on the same {a.n_images} images" in said
 
     at.selectbox(key="evaluate.other").set_value(ids["c"]).run()
@@ -266,3 +279,83 @@ def test_a_drift_path_outside_the_allowed_data_roots_is_refused(ws, tmp_path, mo
     button(at, "Build the full report").click().run()
     assert any(DATA_ROOTS_VAR in shown(e.value) for e in at.error), [e.value for e in at.error]
     assert getattr(tasks.latest("report"), "task_id", None) == before, "no report was started"
+
+
+def test_a_result_equal_to_the_probe_is_not_shown_as_a_gain(ws, monkeypatch):
+    """A delta of +0.0% was green: no gain is neutral grey, and a missing baseline shows no delta at all."""
+    import streamlit as st
+
+    import core.evaluate
+    from core.jobs import JobManager
+
+    workspace, ids = ws
+    listed = JobManager.visible_runs
+
+    def fine_tuned(self, user):  # the run kept its fine-tuned model (the tiles then compare it with the probe)
+        return [{**r, "summary": {**(r.get("summary") or {}), "outcome": {"kept": "fine-tuned"}}}
+                for r in listed(self, user)]
+
+    real = core.evaluate.evaluate_run
+
+    def level_with_the_probe(runs_dir, run_id, split="test", device="cpu"):
+        ev = real(runs_dir, run_id, split, device)
+        return dataclasses.replace(ev, baseline={"test_accuracy": ev.metrics["accuracy"] + 0.0001,
+                                                 "test_macro_f1": ev.metrics["macro_f1"] - 0.05})
+    monkeypatch.setattr(JobManager, "visible_runs", fine_tuned)
+    monkeypatch.setattr(core.evaluate, "evaluate_run", level_with_the_probe)
+    st.cache_data.clear()
+    try:
+        at = open_page(PAGE, {ui.RUN: ids["a"]})
+        assert_clean(at)
+        tiles = {m.label: m for m in at.metric}
+        same = tiles["test accuracy"]
+        assert same.delta == "same as the linear probe" and same.proto.color == same.proto.GRAY
+        gain = tiles["test macro f1"]
+        assert gain.delta == "+5.0% vs. linear probe" and gain.proto.color == gain.proto.GREEN
+        assert not tiles["test macro precision"].delta, "no recorded baseline: no delta"
+    finally:
+        st.cache_data.clear()  # later tests see the run's real evaluation
+
+
+def test_the_per_class_table_has_room_for_every_column(ws):
+    workspace, ids = ws
+    at = open_page(PAGE, {ui.RUN: ids["a"]})
+    table = next(d for d in at.dataframe if "support" in d.value.columns)
+    config = json.loads(table.proto.columns)
+    assert {"recall", "f1", "support"} <= set(config) and all("width" in config[c] for c in ("recall", "f1"))
+    assert not any(column.dataframe for column in at.tabs[1].columns), "not squeezed into a column beside the chart"
+
+
+def test_a_drift_folder_is_stored_only_when_asked_and_named_after_its_folder(ws, small_digits_dir, tmp_path):
+    from PIL import Image
+
+    from core.compare import dataset_names
+
+    workspace, ids = ws
+    folder = tmp_path / "field-photos" / "test"
+    for label in ("0", "1"):
+        (folder / label).mkdir(parents=True)
+        for name in sorted(os.listdir(os.path.join(small_digits_dir, label)))[-2:]:
+            image = Image.open(os.path.join(small_digits_dir, label, name)).convert("RGB")
+            image.putpixel((0, 0), (1, 2, 3))  # not a copy of a training image
+            image.save(folder / label / name)
+    before = dict(dataset_names(workspace.root))
+    tasks = ui._job_manager(workspace.root).tasks
+    started = getattr(tasks.latest("report"), "task_id", None)
+    at = open_page(PAGE, {ui.RUN: ids["b"]})
+    at.checkbox(key="evaluate.opt.baselines").uncheck()
+    at.checkbox(key="evaluate.opt.latency").uncheck()
+    at.multiselect(key="evaluate.opt.corruptions").set_value([])
+    at.text_input(key="evaluate.opt.drift_path").set_value(str(folder))
+    button(at, "Build the full report").click().run()
+    asked = " ".join(shown(w.value) for w in at.warning)
+    assert "will be stored in this workspace as the dataset **field-photos/test**" in asked, asked
+    assert getattr(tasks.latest("report"), "task_id", None) == started, "nothing started before the user agrees"
+    assert dataset_names(workspace.root) == before, "and nothing stored"
+
+    at.checkbox(key="evaluate.opt.drift_store").check()
+    button(at, "Build the full report").click().run()
+    snap = tasks.wait(tasks.latest("report").task_id, timeout=300)
+    assert snap.status == "done", snap.error
+    added = {k: v for k, v in dataset_names(workspace.root).items() if k not in before}
+    assert list(added.values()) == ["field-photos/test"]

@@ -1,3 +1,4 @@
+import os
 import csv
 import json
 from html.parser import HTMLParser
@@ -101,10 +102,13 @@ def test_html_report_is_self_contained_and_holds_the_confusion_matrix(finished_r
     said = []
     report = build_report(runs, summary["run_id"], options, progress=said.append)
     assert len(said) == progress_steps(options), said
-    report = write_report(report, str(tmp_path))
+    report = write_report(with_costs(report, CostModel(monthly_volume=333, error_cost=1.5)), str(tmp_path))
     text = open(report.files["html"], encoding="utf-8").read()
     parser = _Tables()
     parser.feed(text)
+    header, fine_tuned = parser.tables["costs"][:2]
+    errors = fine_tuned[header.index("errors per month (expected)")]
+    assert errors == f"{report.costs[0].errors_per_month:,.0f}" and errors.replace(",", "").isdigit(), "whole errors"
     rows = parser.tables["confusion-matrix"]
     assert rows[0][1:] == list(report.classes)
     assert [[int(v) for v in row[1:]] for row in rows[1:]] == [list(r) for r in report.evaluation.confusion]
@@ -171,3 +175,28 @@ def test_options_that_cannot_work_are_refused_before_anything_runs(options, mess
     with pytest.raises(ValueError, match=message):
         EvaluationOptions(**options)
     assert EvaluationOptions(corruptions=(), severities=()).severities == ()
+
+
+def test_a_drift_folder_is_stored_under_its_parents_name_not_as_test(finished_run, small_digits_dir, tmp_path):
+    from PIL import Image
+
+    from core.compare import dataset_names
+    from core.report import stored_name
+
+    runs, summary = finished_run
+    folder = tmp_path / "flowers" / "test"
+    for label in ("0", "1", "2"):
+        (folder / label).mkdir(parents=True)
+        for name in sorted(os.listdir(os.path.join(small_digits_dir, label)))[-3:]:
+            image = Image.open(os.path.join(small_digits_dir, label, name)).convert("RGB")
+            image.putpixel((0, 0), (1, 2, 3))  # not a byte copy of a training image: none is left out
+            image.save(folder / label / name)
+    assert stored_name(str(folder)) == "flowers/test" and stored_name(str(tmp_path / "flowers")) == "flowers"
+    assert stored_name("/somewhere/test.zip") == "test.zip", "an archive keeps its file name (and kind)"
+    workspace = str(tmp_path / "ws")
+    report = build_report(runs, summary["run_id"], EvaluationOptions(
+        device="cpu", baselines=False, corruptions=(), latency=False, drift_data=str(folder),
+        workspace_dir=workspace))
+    assert report.drift.source == str(folder), "the report names the folder the user gave"
+    assert report.drift.n_images == 9 and report.drift.excluded_overlap == 0
+    assert list(dataset_names(workspace).values()) == ["flowers/test"]
