@@ -332,17 +332,18 @@ def _pair_findings(pairs: list[tuple[Sample, Sample]], split_of: dict[str, str],
         make("error", "conflicting_labels", conflicting, "carry different labels: the same image "
              "can't be two classes", "Keep one copy, in the folder of its true class.")
         make("error", "split_leakage", leaking, "sit in different splits: validation/test scores "
-             "would be inflated", "Delete the copies from val/test, or re-split with "
-             "split_dataset(..., respect_given_splits=False), which keeps duplicates in one split.")
+             "would be inflated", "Delete the copies from val/test, or let Transfer Studio make the split: give "
+             "one folder per class, without train/val/test folders (or a CSV without a split column), and it keeps "
+             "copies in one split.")
     else:
         make("info", "near_duplicates", within, "within the same class and split (resized, "
              "re-encoded or nearly identical shots)", "Usually fine; remove them if they are "
-             "accidental copies. split_dataset keeps each group in one split.")
+             "accidental copies. The split keeps each group in one split.")
         make("warning", "near_duplicate_conflicting_labels", conflicting, "carry different labels",
              "Check those pairs: one of them is probably mislabelled.")
         make("warning", "near_duplicate_leakage", leaking, "sit in different splits: validation/"
-             "test scores may be inflated", "Move each pair into one split, or re-split with "
-             "split_dataset(..., respect_given_splits=False), which keeps near duplicates together.")
+             "test scores may be inflated", "Move each pair into one split, or let Transfer Studio make the split "
+             "(one folder per class, without train/val/test folders), which keeps near duplicates together.")
     return out
 
 
@@ -353,7 +354,9 @@ def _related_findings(manifest: Any, split_of: dict[str, str]) -> list[Finding]:
         if not found.get("groups"):
             if found.get("source") == "none" and found.get("rule"):
                 out.append(Finding("info", "related_images_not_checked", found["rule"][0].upper() + found["rule"][1:],
-                                   (), "Set group_by=\"embeddings\" to compare them anyway."))
+                                   (), "To compare them anyway, set \"Related images\" on the Configure page to "
+                                   "\"from file names and image similarity, however many images\" "
+                                   "(group_by=\"embeddings\" outside the dashboard)."))
             continue
         examples = [tuple(g) for g in found.get("examples", ())]
         spread = [g for g in examples if len({split_of.get(p, UNSPLIT) for p in g} - {UNSPLIT}) > 1]
@@ -361,13 +364,15 @@ def _related_findings(manifest: Any, split_of: dict[str, str]) -> list[Finding]:
         message = (f"{found['images']} images in {found['groups']} groups look like pictures of one thing each "
                    f"({where}: {found['rule']}); the split keeps each group in one split")
         fix = ("Nothing to do: validation and test then hold only things training has not seen. If these images "
-               "are unrelated, set group_by=\"none\"; if you know the true groups (object, patient, part), give "
-               "them as a CSV 'group' column.")
+               "are unrelated, switch off \"Split by these groups\" on the Dataset page (group_by=\"none\" "
+               "outside the dashboard); if you know the true groups (object, patient, part), give them as a CSV "
+               "'group' column.")
         if spread:  # only possible when the data came with its own splits
             out.append(Finding("warning", "related_leakage", message.split("; ")[0] + "; the data's own splits put "
                                "some groups in more than one split, so validation/test scores may be inflated",
-                               _capped(p for g in spread for p in g), "Re-split without the given splits, or move "
-                               "each group into one split.", _capped((g[0], g[1]) for g in spread)))
+                               _capped(p for g in spread for p in g), "Move each group into one split, or give the "
+                               "data without its own splits (one folder per class) so the split keeps groups "
+                               "together.", _capped((g[0], g[1]) for g in spread)))
         else:
             out.append(Finding("info", "related_images", message, _capped(p for g in examples for p in g), fix,
                                _capped((g[0], g[1]) for g in examples)))
@@ -439,8 +444,8 @@ def _split_findings(dataset: Dataset, split_of: dict[str, str]) -> list[Finding]
         out.append(Finding("error", "group_leakage", f"{len(spread)} groups (CSV 'group' column, e.g. "
                            f"patients) have images in more than one split: {spread[:10]}"
                            f"{' ...' if len(spread) > 10 else ''}", _capped(files),
-                           "Put each group's images in one split, or re-split with "
-                           "split_dataset(..., respect_given_splits=False), which keeps groups together."))
+                           "Put each group's images in one split, or leave out the CSV's split column so that "
+                           "Transfer Studio makes the split, which keeps each group together."))
     return out
 
 
@@ -604,8 +609,9 @@ def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
     stats = _channel_stats(samples, probes, split_of)
     gap = max(abs(a - b) for a, b in zip(stats.mean, model_mean))
     findings.append(Finding(
-        "info", "normalisation", f"{stats.split} images: mean {stats.mean}, std {stats.std}; the model "
-        f"normalises with mean {tuple(model_mean)}, std {tuple(model_std)} (largest mean gap {gap:.2f})",
+        "info", "normalisation", f"Average colour of the {stats.split} images (red, green, blue; 0 is black, 1 full "
+        f"brightness): {stats.mean}, spread {stats.std}; the model was pretrained on images averaging "
+        f"{tuple(model_mean)}, spread {tuple(model_std)}: at most {gap:.0%} of the brightness range apart",
         (), "Keep the model's normalisation for pretrained weights."
         + (" The data looks unlike the pretraining images: fine-tune more layers rather than only the "
            "head." if gap > 0.15 else "")))

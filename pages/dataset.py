@@ -25,26 +25,35 @@ st.write("Give one folder per class (`cats/…`, `dogs/…`), optionally inside 
          "is stored once in the workspace.")
 root = ui.workspace().root
 loaded = None
+tried = False  # an ingest was asked for in this run: if it fails, the audit below is not of what was asked for
+
+
+def load(action: str, fn, *args, **kwargs):
+    """One ingest, under a spinner: every image is opened, checked and copied (seconds to minutes)."""
+    with st.spinner(f"{action}: checking and storing every image…"):
+        return ui.attempt(action, fn, *args, **kwargs)
+
+
 demo, archive, csv_tab, folder, stored = st.tabs(["Demo data", "Upload an archive", "CSV + images",
                                                   "Folder on the server", "Stored datasets"])
 with demo:
     st.write("Handwritten digits from scikit-learn: 1,797 small greyscale images in 10 classes. Good for a "
              "first run: it trains in a minute or two on a CPU.")
     if st.button("Load the demo dataset", type="primary"):
-        loaded = ui.attempt("Loading the demo dataset", demo_dataset, root)
+        tried, loaded = True, load("Loading the demo dataset", demo_dataset, root)
 with archive:
     upload = st.file_uploader("A .zip or .tar.gz of class folders (or train/val/test folders, or a CSV with "
                               "its images)", type=[s.lstrip(".") for s in ARCHIVE_SUFFIXES] + ["gz"])
     if st.button("Ingest the archive", disabled=upload is None):
-        loaded = ui.attempt(f"Ingesting {upload.name}", ingest, upload, root, filename=upload.name)
+        tried, loaded = True, load(f"Ingesting {upload.name}", ingest, upload, root, filename=upload.name)
 with csv_tab:
     st.caption("The CSV's `path` column names the uploaded files (no folders); optional `split` "
                "(train/val/test) and `group` (e.g. a patient id, kept within one split) columns.")
     csv_file = st.file_uploader("CSV file (path,label[,split][,group])", type=["csv"])
     images = st.file_uploader("Its images", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
     if st.button("Ingest the CSV and images", disabled=csv_file is None or not images):
-        loaded = ui.attempt(f"Ingesting {csv_file.name}", ingest_csv_upload, csv_file, csv_file.name,
-                            [(f.name, f) for f in images], root)
+        tried, loaded = True, load(f"Ingesting {csv_file.name}", ingest_csv_upload, csv_file, csv_file.name,
+                                   [(f.name, f) for f in images], root)
 with folder:
     workspace = ui.workspace()
     if workspace.data_roots is not None:
@@ -52,11 +61,13 @@ with folder:
                                                             or "nowhere (server paths are turned off)") + ".")
     path = st.text_input("Path on the server", placeholder="/data/my-images (a folder, .zip, .tar.gz or .csv)")
     if st.button("Ingest from the server", disabled=not path.strip()):
-        loaded = ui.attempt(f"Ingesting {path}", lambda: resolve_dataset(workspace.server_path(path), root))
+        tried, loaded = True, load(f"Ingesting {path}", lambda: resolve_dataset(workspace.server_path(path), root))
 with stored:
     names = dataset_names(root)
     if names:
-        chosen = st.selectbox("Datasets in this workspace", ui.visible_datasets(list_datasets(root)),
+        mine = sorted(ui.visible_datasets(list_datasets(root)), key=lambda i: (names.get(i, i).lower(), i))
+        current = st.session_state.get(ui.DATASET)
+        chosen = st.selectbox("Datasets in this workspace", mine, index=mine.index(current) if current in mine else 0,
                               format_func=lambda i: f"{names.get(i, i)} ({i})")
         if st.button("Use this dataset"):
             st.session_state[ui.DATASET] = chosen
@@ -74,7 +85,12 @@ if overview is None:
     ui.stop_page()
 
 report = overview.report
-st.header(f"{ui.md_escape(overview.name)}: {report.num_images:,} images, {len(report.class_counts)} classes")
+before = tried and loaded is None  # the ingest failed: what follows is still the dataset loaded before it
+if before:
+    st.info(f"Nothing new was loaded (the error above says why). Below: the dataset loaded before, "
+            f"**{ui.md_escape(overview.name)}**.")
+st.header(("The dataset loaded before · " if before else "")
+          + f"{ui.md_escape(overview.name)}: {report.num_images:,} images, {len(report.class_counts)} classes")
 sizes = overview.split_sizes()
 cols = st.columns(6)
 cols[0].metric("train", sizes.get("train", 0))
