@@ -219,12 +219,13 @@ def split_dataset(dataset: Dataset, ratios: Sequence[float] = (0.7, 0.15, 0.15),
         present = {s.split for s in samples if s.split is not None}
         if not (present & {"train"}) and not unsplit:
             raise SplitError(f"the dataset gives {', '.join(sorted(present))} splits but no train "
-                             "split; add train data or pass respect_given_splits=False to re-split")
+                             "split; add a train/ folder of images, or put every image in class folders without "
+                             "train/val/test folders so the whole dataset is split afresh")
         leaking = [u for u in units if len({s.split or "train" for s in u}) > 1]
         if leaking:
             warnings.append(f"the given splits share {len(leaking)} groups of identical/near-duplicate "
-                            "or same-group images across splits (kept as given); the audit lists them, "
-                            "or pass respect_given_splits=False to re-split")
+                            "or same-group images across splits (kept as given); the audit lists them. Move them "
+                            "into one split, or drop the train/val/test folders to have the data split afresh")
         # Carve each missing split (with a non-zero ratio) from the units that are wholly train.
         carve = [k for k, name in enumerate(SPLITS) if k > 0 and ratios[k] > 0 and name not in present]
         pool = [u for u in units if all(s.split in (None, "train") for s in u)]
