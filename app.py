@@ -21,8 +21,11 @@ if not ui.signed_in():  # a server with a login: nothing but the sign-in form un
                      for path, title in ui.PAGES.items() if path != "pages/home.py"], position="hidden").run()
     st.stop()
 ui.account_bar()  # who is signed in; a warning on every page when the server is open to the network
-page = st.navigation([st.Page(path, title=title, icon=ICONS[path], default=path == "pages/home.py")
-                      for path, title in ui.PAGES.items()])
+pages = {path: st.Page(path, title=title, icon=ICONS[path], default=path == "pages/home.py")
+         for path, title in ui.PAGES.items()}
+page = st.navigation(list(pages.values()))
+page_file = next(path for path, p in pages.items() if p.url_path == page.url_path)
+ui.restore_state()  # a new session (a reload, another tab): the user's place, and what the address names
 sidebar = st.sidebar.container()  # filled after the page ran, so it shows what the page just did
 try:
     with ui.routed():
@@ -31,3 +34,5 @@ except ui.PageDone:  # the page ended early on purpose (no data yet, say)
     pass
 finally:
     ui.sidebar(sidebar)
+ui.keep_state()  # not after st.rerun / st.switch_page: the run they start saves it
+ui.show_in_address(page_file)

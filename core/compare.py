@@ -59,7 +59,8 @@ def run_table(store: RunStore, active_ids: Iterable[str] = (), names: Mapping[st
         val_acc = [r["val_accuracy"] for r in epochs if isinstance(r.get("val_accuracy"), (int, float))]
         metrics = summary.get("metrics", {})
         rows.append({
-            "run": run["id"], "name": run["name"], "status": status_of(run, active, store.run_dir(run["id"])), "model": run["model"],
+            "run": run["id"], "name": run["name"], "tags": list(run.get("tags") or []),
+            "status": status_of(run, active, store.run_dir(run["id"])), "model": run["model"],
             "data": names.get(run["dataset_id"] or "") or data.get("source") or run["data_source"], "classes": len(data.get("classes", [])),
             "image_size": config.get("image_size") or "model",
             "epochs": f"{max((r['epoch'] for r in epochs), default=0)}/{config.get('epochs', '?')}",
@@ -71,7 +72,7 @@ def run_table(store: RunStore, active_ids: Iterable[str] = (), names: Mapping[st
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created"])),
             "error": run["error"] or "",
         })
-    return pd.DataFrame(rows, columns=["run", "name", "status", "model", "data", "classes", "image_size",
+    return pd.DataFrame(rows, columns=["run", "name", "tags", "status", "model", "data", "classes", "image_size",
                                        "epochs", "best_val_accuracy", "test_accuracy", "test_macro_f1",
                                        "baseline_test_accuracy", "seconds", "created", "error"])
 

@@ -19,7 +19,7 @@ from .events import BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, G
     StageChanged, Validated
 from .runlock import RunLocked
 from .runs import check_not_trained, execute_run, new_run, run_inputs
-from .store import RunStore
+from .store import RunBusy, RunStore
 from .tasks import TaskManager
 
 
@@ -73,6 +73,9 @@ class JobManager:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self.tasks = TaskManager()  # bake-offs, evaluation reports: background work that is not training
+        # timings of a training step for the Configure page's estimate: many small tasks, one per setup, kept
+        # apart so that they never push a bake-off's or a report's result out of `tasks`
+        self.estimates = TaskManager()
 
     # --- control
     def start(self, config: TrainConfig, data: SplitData | str, owner: str = "") -> str:
@@ -109,6 +112,26 @@ class JobManager:
         if job.thread is not None:
             job.thread.join(timeout)
         return self.snapshot(run_id)
+
+    def rename(self, run_id: str, name: str, user: User | None = None) -> str:
+        """Name the run (`user`, when given, must own it or be an admin); returns the name stored."""
+        self._check_owner(run_id, user, "rename")
+        return self.store.rename_run(run_id, name)
+
+    def set_tags(self, run_id: str, tags, user: User | None = None) -> list[str]:
+        """Replace the run's tags (owner or admin); returns them as stored."""
+        self._check_owner(run_id, user, "tag")
+        return self.store.set_tags(run_id, tags)
+
+    def delete(self, run_id: str, user: User | None = None) -> str:
+        """Delete a run that is not training, with its checkpoints and metrics (owner or admin)."""
+        self._check_owner(run_id, user, "delete")
+        if self.is_active(run_id):
+            raise RunBusy(f"run {run_id} is {self.snapshot(run_id).status}; stop it before deleting it")
+        self.store.delete_run(run_id)
+        with self._lock:
+            self._jobs.pop(run_id, None)
+        return run_id
 
     def _check_owner(self, run_id: str, user: User | None, action: str) -> None:
         if user is not None:

@@ -1,12 +1,17 @@
 """The run store: one SQLite database (WAL, busy timeout) and one folder per run under a runs directory.
 
-runs.db holds runs (config, status, summary, error), per-step and per-epoch metrics. Each run's folder
-holds its checkpoints. A connection is opened per call, so any thread may use the store.
+runs.db holds runs (config, status, summary, error, a name and tags people give them), per-step and per-epoch
+metrics. Each run's folder holds its checkpoints. A connection is opened per call, so any thread may use the store.
+
+Deleting a run marks it deleted first (from then on no listing or lookup finds it), removes its folder, then its
+rows: a delete cut short leaves a run that is gone for everyone, whose leftovers the next delete or
+`purge_deleted` removes.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -18,7 +23,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, created REAL, updated REAL, status TEXT, name TEXT, model TEXT,
     data_source TEXT, dataset_id TEXT, config TEXT, data TEXT, summary TEXT, error TEXT,
-    best_checkpoint TEXT, owner TEXT, pid INTEGER, heartbeat REAL);
+    best_checkpoint TEXT, owner TEXT, pid INTEGER, heartbeat REAL, tags TEXT, deleted REAL);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT, scope TEXT, epoch INTEGER, step INTEGER, time REAL, values_json TEXT);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, scope, step);
@@ -26,12 +31,41 @@ CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, scope, step);
 
 ACTIVE = ("queued", "running")
 # columns added after the first release: ALTERed into an older runs.db when it is opened
-_ADDED_COLUMNS = {"owner": "TEXT", "pid": "INTEGER", "heartbeat": "REAL"}
+_ADDED_COLUMNS = {"owner": "TEXT", "pid": "INTEGER", "heartbeat": "REAL", "tags": "TEXT", "deleted": "REAL"}
 QUEUED_GRACE_S = 120.0  # a queued run another process created but has not locked yet is not called interrupted
+MAX_NAME = 120  # characters of a run's name
+MAX_TAGS, MAX_TAG = 20, 40  # tags per run, characters per tag
 
 
 class RunNotFound(LookupError):
     pass
+
+
+class RunBusy(RuntimeError):
+    """The run is training (here or in another process): it cannot be deleted now."""
+
+
+def clean_name(name: str) -> str:
+    """A run's name as stored: one line, trimmed, at most MAX_NAME characters ("" keeps the id as its name)."""
+    text = " ".join(str(name).split())
+    if len(text) > MAX_NAME:
+        raise ValueError(f"a run's name has at most {MAX_NAME} characters (this one has {len(text)}); shorten it")
+    return text
+
+
+def clean_tags(tags) -> list[str]:
+    """Tags as stored: each one line and trimmed, empty ones and repeats (ignoring case) dropped, in the order given."""
+    kept: dict[str, str] = {}
+    for tag in tags:
+        text = " ".join(str(tag).split())
+        if len(text) > MAX_TAG:
+            raise ValueError(f"a tag has at most {MAX_TAG} characters ({text[:MAX_TAG]}… has {len(text)}); "
+                             "shorten it")
+        if text:
+            kept.setdefault(text.lower(), text)
+    if len(kept) > MAX_TAGS:
+        raise ValueError(f"a run has at most {MAX_TAGS} tags ({len(kept)} given); drop some")
+    return list(kept.values())
 
 
 class RunStore:
@@ -87,7 +121,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = db.execute("SELECT * FROM runs WHERE id=? AND deleted IS NULL", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(f"no run {run_id!r} in {self.runs_dir}; `python -m core runs` lists them")
         return _row(row)
@@ -108,8 +142,64 @@ class RunStore:
 
     def list_runs(self) -> list[dict[str, Any]]:
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+            rows = db.execute("SELECT * FROM runs WHERE deleted IS NULL ORDER BY created DESC").fetchall()
         return [_row(r) for r in rows]
+
+    # --- what people call a run, and deleting it
+    def rename_run(self, run_id: str, name: str) -> str:
+        """Give the run a name (an empty one: its id again); returns the name stored."""
+        self.get_run(run_id)  # RunNotFound first
+        name = clean_name(name) or run_id
+        with self._lock, self._connect() as db:
+            db.execute("UPDATE runs SET name=?, updated=? WHERE id=?", (name, time.time(), run_id))
+        return name
+
+    def set_tags(self, run_id: str, tags) -> list[str]:
+        """Replace the run's tags; returns them as stored (see `clean_tags`)."""
+        self.get_run(run_id)
+        tags = clean_tags(tags)
+        with self._lock, self._connect() as db:
+            db.execute("UPDATE runs SET tags=?, updated=? WHERE id=?", (json.dumps(tags), time.time(), run_id))
+        return tags
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete the run: its rows, metrics and folder (checkpoints and all). RunBusy while anyone trains it.
+
+        The run's trainer lock is held throughout, so no trainer can start on it meanwhile."""
+        from .runlock import RunLock, RunLocked
+
+        run = self.get_run(run_id)
+        if run["status"] in ACTIVE and self.live_status(run) in ACTIVE:  # queued a moment ago, or training
+            raise RunBusy(f"run {run_id} is {run['status']}; stop it before deleting it")
+        try:
+            lock = RunLock(self.run_dir(run_id)).acquire()
+        except RunLocked as exc:
+            raise RunBusy(f"run {run_id} cannot be deleted now: {exc}") from None
+        try:
+            with self._lock, self._connect() as db:  # gone for every reader from here on
+                db.execute("UPDATE runs SET deleted=? WHERE id=?", (time.time(), run_id))
+            self._remove(run_id)
+        finally:
+            lock.release()
+
+    def purge_deleted(self) -> int:
+        """Finish deletes that were cut short (folder or rows left); returns how many runs were purged."""
+        with self._connect() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM runs WHERE deleted IS NOT NULL")]
+        for run_id in ids:
+            self._remove(run_id)
+        return len(ids)
+
+    def _remove(self, run_id: str) -> None:
+        folder = self.run_dir(run_id)
+        if os.path.dirname(folder) != self.runs_dir or not run_id or run_id.startswith("."):
+            raise ValueError(f"not a run folder: {folder}")  # never anything but a folder directly under runs/
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.path.exists(folder):
+            raise OSError(f"could not remove {folder}; remove it by hand (the run is already gone from the list)")
+        with self._lock, self._connect() as db:
+            db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
     # --- metrics
     def log_metrics(self, run_id: str, scope: str, epoch: int, step: int, values: dict[str, Any]) -> None:
@@ -136,4 +226,5 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     for key in ("config", "data", "summary"):
         d[key] = json.loads(d[key]) if d.get(key) else {}
+    d["tags"] = json.loads(d["tags"]) if d.get("tags") else []
     return d

@@ -24,10 +24,10 @@ native = ui.attempt(f"Building {model}", preprocess_for, model)
 native = native.input_size if native else 224
 suggestion = suggest_settings(overview.report, device, native) if overview else Suggestion()
 dataset_id = st.session_state.get(ui.DATASET)
-fresh = overview is not None and st.session_state.get("suggested_for") != dataset_id
+fresh = overview is not None and st.session_state.get(ui.SUGGESTED_FOR) != dataset_id
 if fresh:  # a dataset seen here for the first time: adjust the settings to it, once
     st.session_state[ui.CONFIG] = suggestion.apply(ui.current_config()).to_dict()
-    st.session_state["suggested_for"] = dataset_id
+    st.session_state[ui.SUGGESTED_FOR] = dataset_id
 base = ui.current_config()
 ui.seed_config_widgets(base, overwrite=fresh)
 
@@ -195,30 +195,35 @@ overview = ui.current_overview()
 for item in advise_setup(config.to_dict(), overview.report.class_counts if overview else {}):  # may name classes
     st.warning(f"**{item.code.replace('_', ' ').capitalize()}:** {ui.md_escape(item.message)}. "
                f"{ui.md_escape(item.action)}")
-estimate = ui.estimate(config, overview)
-if estimate:
-    groups_slot.plotly_chart(charts.groups_figure(estimate.groups), key="groups")
-    groups_slot.caption(f"{estimate.frozen_groups} of {estimate.total_groups} layer groups frozen; "
-                        f"{estimate.trainable_params / 1e6:.2f} M of {estimate.params / 1e6:.2f} M parameters train.")
-    counts = stage_frozen_counts(estimate.frozen_groups, config.unfreeze_stages)
-    stages_slot.caption("Frozen layer groups per stage: " + " → ".join(str(c) for c in counts))
-with preview_slot:
-    ui.show_augmentation_preview(config)
 
-st.subheader("Before you start: time and memory")
-if estimate:
+
+def time_and_memory(estimate, timing) -> None:
+    """The cost of the run: parameters and memory at once, the time when this machine has timed the setup."""
+    if timing is not None:
+        st.caption(ui.timing_caption(timing))
+    if not estimate:
+        return
+    timed = estimate.seconds_per_epoch is not None
+    pending = "timing…" if timing is not None else "—"
     m = st.columns(5)
     m[0].metric("Parameters", f"{estimate.params / 1e6:.2f} M", f"{estimate.trainable_params / 1e6:.2f} M trainable",
                 delta_color="off", delta_arrow="off")
-    m[1].metric("Training memory", format_bytes(estimate.training_memory_bytes),
+    m[1].metric("Training memory", format_bytes(estimate.training_memory_bytes) if timed or overview is None
+                else f"{format_bytes(estimate.weights_bytes)} + …",
                 help="Weights, gradients and optimiser state, plus the activations kept for backward at this "
-                     "batch size: a rough bound.")
+                     "batch size (measured with the timing): a rough bound.")
     m[2].metric("Image cache", format_bytes(estimate.cache_bytes), help="Every image decoded once, as uint8.")
-    m[3].metric("Per epoch", format_seconds(estimate.seconds_per_epoch), help=f"on {ui.device_label()}")
+    m[3].metric("Per epoch", format_seconds(estimate.seconds_per_epoch) if timed else pending,
+                help=f"on {ui.device_label()}")
     plural = "s" if estimate.total_epochs > 1 else ""
-    m[4].metric(f"Whole run (≤ {estimate.total_epochs} epoch{plural})", format_seconds(estimate.total_seconds))
+    m[4].metric(f"Whole run (≤ {estimate.total_epochs} epoch{plural})",
+                format_seconds(estimate.total_seconds) if timed else pending)
     if overview is None:
         st.caption("Load a dataset for a time estimate.")
+    low, high = estimate.epoch_seconds_range or (0, 0)
+    if estimate.measurements > 1 and high > 1.2 * low:
+        st.caption(f"Timed {estimate.measurements} times on this machine: {format_seconds(low)} to "
+                   f"{format_seconds(high)} per epoch (the fastest is shown; the slower ones ran beside other work).")
     if estimate.native_seconds_per_epoch is not None:
         st.caption(f"At the model's own {estimate.native_input_size} px, an epoch would take about "
                    f"{format_seconds(estimate.native_seconds_per_epoch)} on this CPU.")
@@ -228,4 +233,17 @@ if estimate:
                    "epoch. For a first run, use the quick button above (smaller images, fewer epochs).")
     for note in estimate.notes:  # may quote an error's message
         st.caption(ui.md_escape(note[0].upper() + note[1:] + "."))
+
+
+with preview_slot:
+    ui.show_augmentation_preview(config)
+
+st.subheader("Before you start: time and memory")
+estimate = ui.show_estimate(config, overview, time_and_memory)  # never waits: a timing runs in the background
+if estimate:
+    groups_slot.plotly_chart(charts.groups_figure(estimate.groups), key="groups")
+    groups_slot.caption(f"{estimate.frozen_groups} of {estimate.total_groups} layer groups frozen; "
+                        f"{estimate.trainable_params / 1e6:.2f} M of {estimate.params / 1e6:.2f} M parameters train.")
+    counts = stage_frozen_counts(estimate.frozen_groups, config.unfreeze_stages)
+    stages_slot.caption("Frozen layer groups per stage: " + " → ".join(str(c) for c in counts))
 st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")

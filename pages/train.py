@@ -3,6 +3,7 @@ process-wide JobManager; this page only reads its snapshots, so a reload or a se
 job, and nothing here restarts it."""
 import streamlit as st
 
+from core import sessions
 from core.advisor import advise_run
 from core.curves import gradient_frame, snapshot_curves, steps_per_epoch
 from core.estimate import default_device, format_bytes, format_seconds
@@ -13,9 +14,37 @@ ui.through_app(__file__)
 
 st.title("4 · Train")
 manager = ui.job_manager()
+me = ui.user()
+visible = [r["id"] for r in manager.visible_runs(me)]  # a user watches their own runs; an admin anyone's
+active = [j for j in manager.active_jobs() if j.run_id in visible]
+
+# --- the run to watch: this tab's when it trains or was asked for (a link, "Watch it"), else the one training now
+# (another tab's), else this tab's last one, else the latest
+run_id = st.session_state.get(ui.RUN)
+asked = run_id is not None and st.session_state.get(ui.RUN_ASKED) == run_id
+if run_id not in visible or (not manager.is_active(run_id) and active and not asked):
+    run_id = active[0].run_id if active else next(iter(visible), None)
+    if run_id is not None:
+        st.session_state[ui.RUN] = run_id
+run_record = (ui.attempt("Reading the run", manager.store.get_run, run_id) or {}) if run_id else {}
+if not st.session_state.get(ui.DATASET) and run_record.get("dataset_id") and \
+        sessions.dataset_visible(ui.workspace().root, me, run_record["dataset_id"]):
+    st.session_state[ui.DATASET] = run_record["dataset_id"]  # a tab that never chose one: the watched run's
 config = ui.current_config()
 overview = ui.current_overview()
-active = manager.active_jobs()
+
+
+def estimate_caption(estimate, timing) -> None:
+    if timing is not None:
+        st.caption(ui.timing_caption(timing))
+    if estimate and estimate.total_seconds is not None:
+        st.caption(f"Estimated: about {format_seconds(estimate.total_seconds)} at most "
+                   f"({format_seconds(estimate.seconds_per_epoch)} per epoch) on {ui.device_label()}, "
+                   f"{format_bytes(estimate.training_memory_bytes)} of training memory.")
+    if estimate and estimate.slow:
+        st.warning("That is a long run for this machine: a smaller image size or fewer epochs (Configure page) "
+                   "gives a first result much sooner.")
+
 
 # --- what will be trained, and the start button
 with st.container(border=True):
@@ -31,14 +60,7 @@ with st.container(border=True):
                     f"freeze {config.freeze_ratio:.0%} · lr {config.lr:g}"
                     + (f" · {config.unfreeze_stages} unfreezing stages" if config.unfreeze_stages else "")
                     + (" · **your own weights**" if config.checkpoint_path else ""))
-        estimate = ui.estimate(config, overview)
-        if estimate and estimate.total_seconds is not None:
-            st.caption(f"Estimated: about {format_seconds(estimate.total_seconds)} at most "
-                       f"({format_seconds(estimate.seconds_per_epoch)} per epoch) on {ui.device_label()}, "
-                       f"{format_bytes(estimate.training_memory_bytes)} of training memory.")
-        if estimate and estimate.slow:
-            st.warning("That is a long run for this machine: a smaller image size or fewer epochs (Configure page) "
-                       "gives a first result much sooner.")
+        ui.show_estimate(config, overview, estimate_caption)
         if ui.CONFIG not in st.session_state:
             st.info("These are the default settings. The Configure page suggests settings for your data.")
         st.page_link("pages/configure.py", label="Change the settings", icon=":material/tune:")
@@ -47,30 +69,27 @@ with st.container(border=True):
         st.error("The dataset audit found errors (see the Dataset page); training on it would give misleading "
                  "scores. Fix the data, or train anyway.")
         blocked = not st.checkbox("Train anyway")
-    if active:
-        st.caption(f"{len(active)} run(s) training now; another one would share this machine.")
     refusal = ui.policy().training_refusal()
     if refusal:
         st.warning(refusal)
-    if st.button("Start training", type="primary", disabled=overview is None or blocked or bool(refusal)):
+    alongside = ui.may_start_another("train.alongside")  # a second run at once is a deliberate choice
+    if st.button("Start training", type="primary",
+                 disabled=overview is None or blocked or bool(refusal) or not alongside):
         run_id = ui.attempt("Starting the run", lambda: manager.start(config.validate(), overview.dataset.root,
-                                                                      owner=ui.user().name))
+                                                                      owner=me.name))
         if run_id:
             st.session_state[ui.RUN] = run_id
+            st.session_state.pop("train.alongside", None)  # the next one is a choice again
             st.rerun()
 
-# --- the run to watch: this tab's, else the one training now (another tab's), else the latest
-run_id = st.session_state.get(ui.RUN)
-if run_id is None or (not manager.is_active(run_id) and active):
-    run_id = active[0].run_id if active else next((r["id"] for r in manager.visible_runs(ui.user())), None)
-    if run_id is not None:
-        st.session_state[ui.RUN] = run_id
 if run_id is None:
     st.info("No run yet: press **Start training**.")
     ui.stop_page()
 polling = manager.is_active(run_id)
-run_record = ui.attempt("Reading the run", manager.store.get_run, run_id) or {}
 run_config, run_counts = run_record.get("config", {}), run_record.get("data", {}).get("train_class_counts", {})
+run_dataset = ui.dataset_name(ui.workspace().root, run_record["dataset_id"]) if run_record.get("dataset_id") \
+    else run_record.get("data_source", "")
+run_name = run_record.get("name") or run_id
 
 
 # seconds between redraws. Each redraw costs the server CPU: on a 2-core CPU, redrawing status every second
@@ -86,6 +105,8 @@ def status_view() -> None:
     if snap is None:
         return
     st.subheader(f"Run {run_id}: {snap.status.replace('_', ' ')}")
+    st.caption((f"**{ui.md_escape(run_name)}** · " if run_name != run_id else "")
+               + f"{ui.md_escape(run_record.get('model', ''))} on {ui.md_escape(run_dataset)}")
     if snap.active:
         if snap.total_steps and snap.step:
             text = (f"epoch {min(snap.epoch + 1, snap.total_epochs)}/{snap.total_epochs} · step {snap.step}/"

@@ -3,9 +3,15 @@ sidebar, and errors shown as messages that say what to do (never as tracebacks).
 
 Per-user state (st.session_state) holds small values only: a dataset id, model names, the config as a
 plain dict, the watched run id. Threads, models and datasets live in core and in Streamlit's caches.
+
+The values in KEPT outlive the session: app.py restores them when a session starts (a reload, a second tab, a
+sign-in) from the user's file on the server (core.sessions) and from the page address, and saves what changed
+after every run of a page. The address carries the dataset and run a page shows (`?dataset=…&run=…`), so a
+reload or a shared link lands on them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -17,11 +23,12 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+from core import sessions
 from core.access import AccessPolicy, DatasetOwners, User
 from core.catalog import DEFAULT_MODEL
 from core.config import AugmentSpec, TrainConfig
 from core.jobs import JobManager
-from core.tasks import BUGS, USER_ERRORS
+from core.tasks import BUGS, USER_ERRORS, TaskSnapshot
 from core.workspace import Workspace
 
 T = TypeVar("T")
@@ -36,6 +43,20 @@ CHECKPOINT = "checkpoint"  # dict(model, path, name): the user's own weights for
 CONFIG = "train_config"  # dict: TrainConfig.to_dict() from the Configure page
 RUN = "run_id"  # str: the run the Train and Evaluate pages show
 USER = "user_name"  # str: who signed in with the shared password
+SUGGESTED_FOR = "suggested_for"  # str: the dataset the Configure page last adjusted the settings to
+RUN_ASKED = "run_asked"  # str: a run the user asked to see (a link, "Watch it"): the Train page stays on it
+
+# kept on the server per user (core.sessions) and restored when a session starts: the values above, and the
+# views' own "…saved" values (the Models page's bake-off settings, the Evaluate page's choices)
+KEPT = (DATASET, CANDIDATES, EXTRA_MODELS, MODEL, CHECKPOINT, CONFIG, RUN, SUGGESTED_FOR,
+        "models.bakeoff_settings", "evaluate.run.saved", "evaluate.split.saved", "evaluate.report.saved",
+        "evaluate.costs.saved")
+_KEPT_FOR = "_kept.user"  # whose saved state this session holds
+_KEPT_SAVED = "_kept.saved"  # key -> the JSON text last saved (or read): only changed values are written
+# the address: query parameter -> session key, and the parameters each page shows (the others are removed)
+URL_KEYS = {"dataset": DATASET, "run": RUN}
+PAGE_URL = {"pages/models.py": ("dataset",), "pages/dataset.py": ("dataset",), "pages/configure.py": ("dataset",),
+            "pages/train.py": ("dataset", "run"), "pages/evaluate.py": ("run",)}
 
 PAGES = {  # file -> title; app.py builds the navigation from this
     "pages/home.py": "Start",
@@ -201,6 +222,78 @@ def job_manager() -> JobManager:
     return _job_manager(workspace().root)
 
 
+# --- the user's place, kept across reloads and tabs
+def _valid(key: str, value: Any) -> bool:
+    """Whether a restored value may be used: ids must name a dataset or run this user may see."""
+    if key == DATASET:
+        return sessions.dataset_visible(workspace().root, user(), value)
+    if key == RUN:
+        return sessions.run_visible(job_manager().store, user(), value) is not None
+    if key == CHECKPOINT:
+        return isinstance(value, dict) and isinstance(value.get("path"), str) and os.path.isfile(value["path"])
+    return True
+
+
+def restore_state() -> None:
+    """At the start of a session (a reload, a new tab, a sign-in), before the page runs: the user's kept values
+    where the session has none, and the dataset and run the address names (they win: a shared link shows them).
+    A value that names something gone, or someone else's, is dropped."""
+    me, state = user(), st.session_state
+    if state.get(_KEPT_FOR) == me.name:
+        return
+    if _KEPT_FOR in state:  # another user signed in in this browser session: nothing of the last one's stays,
+        for key in list(state.keys()):  # not even a widget's value
+            if key != USER:
+                del state[key]
+    saved = sessions.load_state(workspace().root, me.name)
+    for key in KEPT:
+        if key not in state and key in saved and _valid(key, saved[key]):
+            state[key] = saved[key]
+    for param, key in URL_KEYS.items():
+        value = st.query_params.get(param)
+        if value and value != state.get(key) and _valid(key, value):
+            state[key] = value
+            if key == RUN:  # the Train and Evaluate pages show the run the address names, whatever else trains
+                state[RUN_ASKED] = value
+                state["evaluate.run.saved"] = {"watched": value, "run": value}
+    state[_KEPT_FOR] = me.name
+    state[_KEPT_SAVED] = {k: json.dumps(v, sort_keys=True) for k, v in saved.items() if k in KEPT}
+
+
+def keep_state() -> None:
+    """After a page ran: save the kept values that changed (a failure to save never breaks the page)."""
+    state = st.session_state
+    if state.get(_KEPT_FOR) != user().name:
+        return
+    last = state.get(_KEPT_SAVED, {})
+    now = {k: json.dumps(state[k], sort_keys=True) for k in KEPT if k in state and sessions.jsonable(state[k])}
+    changed = {k: state[k] for k, text in now.items() if last.get(k) != text}
+    removed = [k for k in last if k not in now]
+    if not changed and not removed:
+        return
+    try:
+        sessions.save_state(workspace().root, user().name, changed, removed)
+    except OSError:
+        log.exception("could not save the working state of %s", user().name)
+        return
+    state[_KEPT_SAVED] = now
+
+
+def show_in_address(page_file: str) -> None:
+    """Put the dataset and run the page shows into the address (and take out the ones it does not show)."""
+    state = st.session_state
+    shown = {"dataset": state.get(DATASET), "run": state.get(RUN)}
+    if page_file == "pages/evaluate.py":
+        shown["run"] = state.get("evaluate.run") or shown["run"]  # the run picked there
+    wanted = PAGE_URL.get(page_file, ())
+    for param in URL_KEYS:
+        value = shown[param] if param in wanted else None
+        if value and st.query_params.get(param) != value:
+            st.query_params[param] = value
+        elif not value and param in st.query_params:
+            del st.query_params[param]
+
+
 # --- errors
 def attempt(action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call into core; on failure show what went wrong as st.error and return None.
@@ -315,15 +408,87 @@ def current_overview():
                    c.val_fraction, c.test_fraction, c.seed, c.group_by)
 
 
+def _busy(manager: JobManager) -> bool:
+    """Training or a bake-off / report in this process: a timing taken now would be slowed by it (no Streamlit
+    here: the background timing calls it too)."""
+    return bool(manager.active_jobs() or manager.tasks.active())
+
+
+def _estimate_inputs(overview) -> tuple[int, int, int, int]:
+    sizes = overview.split_sizes() if overview else {}
+    return (sizes.get("train", 0), sizes.get("val", 0), sizes.get("test", 0),
+            len(overview.report.class_counts) if overview else 2)
+
+
 def estimate(config: TrainConfig, overview):
-    """core.estimate.estimate_run for this config on the current dataset's split (timed only with a dataset)."""
+    """core.estimate.estimate_run for this config on the current dataset's split, at once: parameters and memory,
+    and the time per epoch as far as this machine has timed this setup (timed only with a dataset)."""
     from core.estimate import estimate_run
 
-    sizes = overview.split_sizes() if overview else {}
-    with st.spinner("Timing one training step on this machine…"):
-        return attempt("Estimating the run", estimate_run, config, sizes.get("train", 0), sizes.get("val", 0),
-                       sizes.get("test", 0), len(overview.report.class_counts) if overview else 2,
-                       measure=overview is not None)
+    return attempt("Estimating the run", estimate_run, config, *_estimate_inputs(overview),
+                   measure=overview is not None, wait=False, busy=_busy(job_manager()))
+
+
+def refine_estimate(config: TrainConfig, overview, est) -> TaskSnapshot | None:
+    """Time this setup in the background when `est` says a timing is due (never timed here, or only while the
+    machine was busy and it is idle now); returns the timing task of this setup, if there is one."""
+    from core.estimate import estimate_run, setup_key
+
+    if overview is None or est is None:
+        return None
+    inputs = _estimate_inputs(overview)
+    manager, key, owner = job_manager(), setup_key(config, inputs[3]), user().name
+    latest = manager.estimates.latest("timing", key, owner=owner)
+    failed = latest is not None and not latest.active and (
+        latest.status == "failed" or latest.result is None or latest.result.seconds_per_epoch is None)
+    if est.timing_due and not failed:  # a timing that failed is not tried again for the same setup
+        manager.estimates.submit("timing", key, f"timing {config.model} at {est.input_size} px",
+                                 lambda progress: estimate_run(config, *inputs, busy=_busy(manager),
+                                                               progress=progress), owner=owner)
+        latest = manager.estimates.latest("timing", key, owner=owner)
+    return latest
+
+
+def show_estimate(config: TrainConfig, overview, render: Callable[[Any, TaskSnapshot | None], None]):
+    """`render(estimate, timing)` at once with what is known, `timing` being the background timing while it
+    runs (None otherwise); a fragment redraws it every second until the timing is done, then the whole page
+    once, with the time. Returns the estimate known now (None when it failed: the error is shown)."""
+    est = estimate(config, overview)
+    task = refine_estimate(config, overview, est)
+    polling = task is not None and task.active
+    estimates = job_manager().estimates
+
+    @st.fragment(run_every=1.0 if polling else None)
+    def timing_view() -> None:
+        snap = estimates.snapshot(task.task_id) if task is not None else None
+        if polling and (snap is None or not snap.active):
+            st.rerun(scope="app")  # done: the page again, with the time and without polling
+        if snap is not None and snap.status == "failed":
+            st.caption(f"Timing a training step failed: {md_escape(snap.error)}")
+        render(est, snap if snap is not None and snap.active else None)
+
+    timing_view()
+    return est
+
+
+def timing_caption(timing: TaskSnapshot) -> str:
+    """What the background timing is doing, for a caption."""
+    from core.estimate import format_seconds
+
+    return (f"Timing a training step on this machine ({md_escape(timing.message)}, {format_seconds(timing.seconds)} "
+            "so far); the settings stay usable meanwhile.")
+
+
+def may_start_another(key: str) -> bool:
+    """Whether a run may start now: nothing trains on this machine, or the user ticked the box that says what
+    sharing it costs (off by default: a second run is a deliberate choice)."""
+    from core.estimate import default_device, sharing_note
+
+    running = len(job_manager().active_jobs())  # every user's: they all share the machine
+    if not running:
+        return True
+    st.caption(sharing_note(running, default_device()))
+    return st.checkbox("Train another run at the same time", key=key, value=False)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

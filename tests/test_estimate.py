@@ -34,3 +34,56 @@ def test_formatting():
     assert format_seconds(None) == "—" and format_seconds(12.4) == "12 s"
     assert format_seconds(200) == "3 min 20 s" and format_seconds(7500) == "2 h 05 min"
     assert format_bytes(512) == "512 B" and format_bytes(3 * 1024**2) == "3.0 MB" and format_bytes(5 * 1024**4) == "5120.0 GB"
+
+
+def test_a_timing_taken_under_load_is_marked_and_measured_again_once_the_machine_is_idle(monkeypatch):
+    import core.estimate as estimate
+
+    load = {"now": 4.0}  # per core: a busy machine
+    per_image = {4.0: 0.039, 0.1: 0.004}  # the same step, measured busy and idle
+    measured = []
+
+    def fake_measure(*key):
+        measured.append(key)
+        return per_image[load["now"]], per_image[load["now"]] / 3, 1000
+
+    monkeypatch.setattr(estimate, "machine_load", lambda: load["now"])
+    monkeypatch.setattr(estimate, "_measure", fake_measure)
+    estimate.forget_timings()
+    config = TrainConfig(model="efficientnet_lite0", image_size=224, batch_size=16)  # its own size: one timing
+
+    quick = estimate_run(config, 160, 40, wait=False)  # never measures: nothing cached yet
+    assert quick.seconds_per_epoch is None and quick.timing_due and not measured
+    busy = estimate_run(config, 160, 40)
+    assert busy.timed_under_load and busy.measurements == 1 and not busy.timing_due
+    assert any("busy" in note for note in busy.notes)
+    assert estimate_run(config, 160, 40).measurements == 1, "still busy: nothing to gain from measuring again"
+
+    load["now"] = 0.1
+    stale = estimate_run(config, 160, 40, wait=False)
+    assert stale.timing_due and stale.seconds_per_epoch == busy.seconds_per_epoch, "the old figure until then"
+    idle = estimate_run(config, 160, 40)
+    assert idle.measurements == 2 and not idle.timed_under_load and not idle.timing_due
+    assert idle.seconds_per_epoch < busy.seconds_per_epoch / 5  # the idle one is used
+    assert idle.epoch_seconds_range == (idle.seconds_per_epoch, busy.seconds_per_epoch)  # and the spread shown
+    assert len(measured) == 2
+    estimate.forget_timings()
+
+
+def test_the_caller_knowing_of_training_makes_a_timing_busy(monkeypatch):
+    import core.estimate as estimate
+
+    monkeypatch.setattr(estimate, "machine_load", lambda: None)  # an OS without a load average
+    monkeypatch.setattr(estimate, "_measure", lambda *key: (0.01, 0.003, 100))
+    estimate.forget_timings()
+    config = TrainConfig(model="efficientnet_lite0", image_size=224)
+    assert estimate_run(config, 64, 16, busy=True).timed_under_load
+    assert not estimate_run(config, 64, 16, busy=False).timed_under_load  # idle now: measured again
+    estimate.forget_timings()
+
+
+def test_sharing_the_machine_states_its_cost():
+    from core.estimate import sharing_note
+
+    assert "half of the CPU" in sharing_note(1, "cpu") and "2 times as long" in sharing_note(1, "cpu")
+    assert "a third of the GPU" in sharing_note(2, "cuda") and "3 times as long" in sharing_note(2, "cuda")

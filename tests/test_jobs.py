@@ -78,3 +78,30 @@ def test_a_crashing_job_shows_its_error(small_digits_dir, tiny_config, tmp_path)
     assert snap.status == "failed"
     assert victim.name in snap.error and "Traceback" in snap.error_traceback
     assert manager.store.get_run(run_id)["status"] == "failed"
+
+
+def test_only_the_owner_or_an_admin_names_tags_and_deletes_a_run_and_never_a_training_one(
+        small_digits_dir, tiny_config, tmp_path):
+    import pytest
+
+    from core.access import NotAllowed, User
+    from core.store import RunBusy, RunNotFound
+
+    manager = JobManager(str(tmp_path))
+    ann, bob, admin = User("ann"), User("bob"), User("root", True)
+    run_id = manager.start(tiny_config.replace(epochs=30), small_digits_dir, owner="ann")
+    try:
+        with pytest.raises(RunBusy, match="stop it"):
+            manager.delete(run_id, user=ann)
+        with pytest.raises(NotAllowed, match="ann's"):
+            manager.rename(run_id, "mine now", user=bob)
+        assert manager.rename(run_id, "first try", user=ann) == "first try"
+        assert manager.set_tags(run_id, ["lite0"], user=admin) == ["lite0"]
+    finally:
+        manager.stop(run_id, timeout=120)
+    with pytest.raises(NotAllowed):
+        manager.delete(run_id, user=bob)
+    assert manager.delete(run_id, user=ann) == run_id
+    assert not os.path.exists(manager.store.run_dir(run_id)) and manager.visible_runs(admin) == []
+    with pytest.raises(RunNotFound):
+        manager.snapshot(run_id)
