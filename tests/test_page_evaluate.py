@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import re
 from html.parser import HTMLParser
 
@@ -40,6 +41,7 @@ def runs(tmp_path_factory, small_digits_dir):
 def ws(runs, monkeypatch):
     workspace, ids = runs
     monkeypatch.setenv(ENV_VAR, workspace.root)
+    shutil.rmtree(os.path.join(workspace.root, "users"), ignore_errors=True)  # each test a newcomer's saved state
     return workspace, ids
 
 

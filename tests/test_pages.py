@@ -3,6 +3,7 @@ and the main widgets drive core as they should (a demo button loads the demo, St
 from __future__ import annotations
 
 import os
+import shutil
 import re
 import time
 
@@ -80,6 +81,7 @@ def finished_run(tmp_path_factory, small_digits_dir):
 def finished(finished_run, monkeypatch):
     ws, run = finished_run
     monkeypatch.setenv(ENV_VAR, ws.root)
+    shutil.rmtree(os.path.join(ws.root, "users"), ignore_errors=True)  # each test starts as a newcomer
     return ws, run
 
 
