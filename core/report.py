@@ -262,7 +262,9 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     # 5. deployment, robustness, drift, costs
     deployment = None
     if options.latency:
-        progress("measuring latency and memory")
+        progress("measuring latency and memory in a clean child process")
+        # timed in a child (core.latency.measure_in_child): nothing of this process (a dashboard's reruns, a
+        # training job) competes with the timing; its conditions travel with the figures
         deployment = deployment_profile(model, pre.input_size, weights, device, options.latency_batch,
                                         budget_s=options.latency_budget_s)
     robustness = None
@@ -473,8 +475,7 @@ def deployment_rows(deployment: DeploymentProfile) -> list[tuple[str, Any]]:
             (f"latency per image, batch {lat.batch_size}, ms", lat.latency_ms_batch),
             (f"throughput at batch {lat.batch_size}, images/s", lat.throughput_per_s),
             (f"peak memory at batch {lat.batch_size}, MiB", lat.peak_memory_mb),
-            ("memory measured as", lat.memory_method),
-            ("load average when measured", lat.load_average if lat.load_average is not None else "-")]
+            ("memory measured as", lat.memory_method), *lat.condition_rows()]
 
 
 def default_report_dir(runs_dir: str, run_id: str, split: str = "test") -> str:

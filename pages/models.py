@@ -8,14 +8,15 @@ from core.bakeoff import (
     BakeoffError,
     BakeoffOptions,
     bakeoff,
+    parameters_text,
     result_rows,
     task_key,
     with_random_floor,
 )
-from core.catalog import DEFAULT_MODEL, list_catalog, resolve_entry
+from core.catalog import DEFAULT_MODEL, PARAMS_NOTE, list_catalog, resolve_entry
 from core.estimate import format_seconds
 from core.figures import bakeoff_figure
-from core.ingest import demo_dataset
+from core.ingest import demo_dataset, list_datasets
 from core.licenses import license_warning
 from core.uploads import CHECKPOINT_SUFFIXES, add_checkpoint
 from pages import ui
@@ -37,11 +38,16 @@ if not catalog.empty:
                  "availability"]],
         hide_index=True,
         column_config={
-            "name": "model", "params_m": st.column_config.NumberColumn("params (M)", format="%.1f"),
+            "name": "model",
+            "params_m": st.column_config.NumberColumn("params (M, with head)", format="%.1f",
+                                                      help=f"Parameters of the published model, {PARAMS_NOTE}"),
             "input_size": st.column_config.NumberColumn("input (px)"),
             "imagenet_top1": st.column_config.NumberColumn("ImageNet top-1 %", format="%.1f"),
             "pretraining": "pretraining data", "available": st.column_config.CheckboxColumn("available now"),
             "availability": "where the weights come from"})
+    st.caption(f"Parameters here are the published models', {PARAMS_NOTE}. The bake-off below counts the trunk "
+               "only, without any head, so its figures are smaller: fine-tuning keeps the trunk and puts a new "
+               "head for your classes on it.")
 
 # --- candidates
 extra = st.session_state.setdefault(ui.EXTRA_MODELS, [])
@@ -146,8 +152,8 @@ def show_bakeoff(result, current: bool) -> None:
     table = pd.DataFrame(result_rows(result))
     table["interval"] = [f"{lo:.1%} – {hi:.1%}" for lo, hi in zip(table.val_accuracy_low, table.val_accuracy_high)]
     st.dataframe(
-        table[["candidate", "val_accuracy", "interval", "macro_f1", "knn_accuracy", "params_m", "latency_ms_batch1",
-               "latency_ms_batch", "throughput_per_s", "peak_memory_mb", "seconds"]],
+        table[["candidate", "val_accuracy", "interval", "macro_f1", "knn_accuracy", "params_m", "params_with_head_m",
+               "latency_ms_batch1", "latency_ms_batch", "throughput_per_s", "peak_memory_mb", "seconds"]],
         hide_index=True, key="bakeoff_table",
         column_config={
             "val_accuracy": st.column_config.NumberColumn("val accuracy", format="percent",
@@ -155,7 +161,11 @@ def show_bakeoff(result, current: bool) -> None:
             "interval": st.column_config.TextColumn("95% interval", help="Bootstrap over the validation images"),
             "macro_f1": st.column_config.NumberColumn("macro-F1", format="%.3f"),
             "knn_accuracy": st.column_config.NumberColumn("k-NN accuracy", format="percent"),
-            "params_m": st.column_config.NumberColumn("params (M)", format="%.1f"),
+            "params_m": st.column_config.NumberColumn("trunk params (M)", format="%.1f",
+                                                      help="Without any classifier head: what fine-tuning keeps"),
+            "params_with_head_m": st.column_config.NumberColumn(
+                "with ImageNet head (M)", format="%.1f",
+                help=f"The catalog's figure: the published model, {PARAMS_NOTE}"),
             "latency_ms_batch1": st.column_config.NumberColumn("ms/image, batch 1", format="%.1f"),
             "latency_ms_batch": st.column_config.NumberColumn(f"ms/image, batch {result.latency_batch}", format="%.1f"),
             "throughput_per_s": st.column_config.NumberColumn("images/s", format="%.0f"),
@@ -163,9 +173,13 @@ def show_bakeoff(result, current: bool) -> None:
             "seconds": st.column_config.NumberColumn("seconds", format="%.1f",
                                                      help="Loading, features and fitting (not the latency timing)")})
     size = f"{result.image_size} px" if result.image_size else "each model's own size"
-    st.caption(f"{result.n_train:,} training and {result.n_val:,} validation images at {size}, frozen features; "
-               f"latency and memory measured on {result.device} ({result.dtype}; memory: {result.memory_method}). "
+    st.caption(f"{result.n_train:,} training and {result.n_val:,} validation images at {size}, frozen features. "
                f"Took {format_seconds(result.seconds)}.")
+    conditions = result.latency_conditions or f"measured on {result.device} ({result.dtype}), in the page's process"
+    (st.warning if result.latency_contended else st.caption)(
+        f"**Latency and memory:** {ui.md_escape(conditions)}; memory: {ui.md_escape(result.memory_method)}.")
+    st.caption("Parameters: " + "; ".join(f"{ui.md_escape(c.name)} {ui.md_escape(parameters_text(c))}"
+                                          for c in result.candidates if c.pretrained) + ".")
     for note in result.notes:
         st.caption(ui.md_escape(note))
     trainable = [c.name for c in result.candidates if c.pretrained]  # random weights are a floor, not a choice
@@ -200,15 +214,28 @@ st.write("Before training, rank the candidates on a sample of your own images: e
          "memory each would cost on this machine. When the intervals overlap, the smaller model is recommended.")
 dataset_id = st.session_state.get(ui.DATASET)
 if not dataset_id:
-    st.info("No dataset loaded yet: the bake-off ranks the candidates on your images. Load them on the Dataset page, "
-            "or try it on the demo data (handwritten digits).")
-    left, right = st.columns(2, vertical_alignment="center")
-    if left.button("Use the demo dataset"):
-        demo = ui.attempt("Loading the demo dataset", demo_dataset, ui.workspace().root)
+    root = ui.workspace().root
+    stored = ui.visible_datasets(list_datasets(root))
+    st.info("No dataset loaded yet. The bake-off ranks the candidates on your own labelled images, which are "
+            "loaded in step 2: try it here on the demo data in one click"
+            + (", or on a dataset stored in this workspace" if stored else "")
+            + ", or load your images on the Dataset page and come back (the candidates you picked stay picked).")
+    left, middle, right = st.columns(3, vertical_alignment="bottom")
+    if left.button("Use the demo dataset", help="Handwritten digits (scikit-learn's, 10 classes)"):
+        with st.spinner("Loading the demo dataset (about 15 s the first time)..."):
+            demo = ui.attempt("Loading the demo dataset", demo_dataset, root)
         if demo is not None:
+            ui.attempt("Recording the dataset's owner", ui.dataset_owners().record, demo.dataset_id, ui.user().name)
             st.session_state[ui.DATASET] = demo.dataset_id
             st.rerun()
-    right.page_link("pages/dataset.py", label="Load your images", icon=":material/photo_library:")
+    if stored:
+        with middle:
+            pick = st.selectbox("A stored dataset", stored, key="models.stored_dataset",
+                                format_func=lambda d: ui.dataset_name(root, d))
+            if st.button("Use this dataset"):
+                st.session_state[ui.DATASET] = pick
+                st.rerun()
+    right.page_link("pages/dataset.py", label="Load your own images (step 2)", icon=":material/photo_library:")
 else:
     bakeoff_options, problem = bakeoff_settings(dataset_id)
     split_config = ui.current_config()  # the bake-off splits the data as training will

@@ -151,3 +151,40 @@ def test_bakeoff_cli_refuses_bad_input_with_exit_2(small_digits_dir, tmp_path, c
     assert "unknown model" in capsys.readouterr().err
     assert main([str(tmp_path / "missing"), "--models", "efficientnet_lite0,efficientnet_lite1", *ws]) == 2
     assert main([]) == 2
+
+
+def test_every_phase_of_the_bakeoff_shows_in_order(small_digits_dir, tmp_path):
+    from core.bakeoff import bakeoff
+
+    messages = []
+    options = BakeoffOptions(("efficientnet_lite0", "efficientnet_lite0:random"), max_images=40, image_size=32,
+                             latency_batch=4, latency_budget_s=0.02, n_boot=50)
+    result = bakeoff(small_digits_dir, options, str(tmp_path), progress=messages.append)
+    phases = ["preparing the data", "loading efficientnet_lite0 (1 of 2)", "loading efficientnet_lite0:random (2 of 2)",
+              "decoding 40 images"]
+    for name in options.models:
+        phases += [f"{name}: extracting features at 32 px", f"{name}: fitting the linear probe",
+                   f"{name}: fitting k-NN", f"{name}: scoring on", f"{name}: val accuracy"]
+    phases += ["starting a clean child process to time the latency and memory of 2 candidates",
+               "timing efficientnet_lite0 in a clean child process (1 of 2)",
+               "timing efficientnet_lite0:random in a clean child process (2 of 2)"]
+    assert len(messages) == len(phases) and all(m.startswith(p) for m, p in zip(messages, phases)), messages
+    assert result.latency_conditions.startswith("measured in a clean child process, one model after another")
+    for c in result.candidates:
+        assert c.latency_ms_batch1 > 0 and c.latency_conditions.startswith("measured in a clean child process")
+        assert c.timings["latency"] > 0
+
+
+def test_the_parameters_say_which_count_is_which():
+    from core.bakeoff import parameters_text
+
+    lite0 = _candidate("efficientnet_lite0", 0.92, (0.85, 0.97), 3_371_008)
+    assert parameters_text(lite0) == "3.4 M parameters in the trunk (4.7 M with ImageNet's 1000-class head)"
+    other = _candidate("resnet34.a1_in1k", 0.9, (0.8, 0.95), 21_000_000)  # off the catalog: no published figure
+    assert parameters_text(other) == "21.0 M parameters in the trunk"
+    result = BakeoffResult("ds", ("x", "y"), 80, 20, 64, "CPU", "fp32", 32, "rss", (lite0, other), "efficientnet_lite0",
+                           "why", 0.1, 1.0)
+    rows = result_rows(result)
+    assert rows[0]["params_m"] == pytest.approx(3.371008) and rows[0]["params_with_head_m"] == 4.65
+    assert rows[1]["params_with_head_m"] is None
+    assert "M parameters in the trunk" in recommend([lite0, other])[1]

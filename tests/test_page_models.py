@@ -33,12 +33,26 @@ def dataset_id(workspace, small_digits_dir):  # noqa: F811
 def test_without_a_dataset_the_page_says_so_and_offers_the_demo(workspace):  # noqa: F811
     at = open_page(PAGE)
     assert_clean(at)
-    assert any("No dataset loaded yet" in i.value for i in at.info)
+    assert any("No dataset loaded yet" in i.value and "step 2" in i.value for i in at.info)
     assert any(b.label == "Use the demo dataset" for b in at.button)
+    assert not any(b.label == "Use this dataset" for b in at.button), "nothing stored yet"
+    # the catalog's parameter counts say what they count (the bake-off's are the trunk's)
+    assert "Parameters here are the published models', with ImageNet's 1000-class head" in texts(at)
     assert not any(b.label.startswith("Run the bake-off") for b in at.button)
     button(at, "Use the demo dataset").click().run()
     assert_clean(at)
     assert at.session_state[ui.DATASET] and any(b.label == "Run the bake-off" for b in at.button)
+
+
+def test_without_a_dataset_a_stored_one_can_be_picked_here(workspace, dataset_id):  # noqa: F811
+    at = open_page(PAGE)
+    assert_clean(at)
+    assert any("or on a dataset stored in this workspace" in i.value for i in at.info)
+    (name,) = at.selectbox(key="models.stored_dataset").options
+    assert name.startswith("digits_small"), "shown by its name, not its id"
+    button(at, "Use this dataset").click().run()
+    assert_clean(at)
+    assert at.session_state[ui.DATASET] == dataset_id and any(b.label == "Run the bake-off" for b in at.button)
 
 
 def test_fewer_than_two_candidates_get_a_clear_message_and_start_nothing(workspace, dataset_id):  # noqa: F811
@@ -97,6 +111,11 @@ def test_a_bakeoff_runs_in_the_background_and_its_buttons_pick_the_model(workspa
     assert table["val_accuracy"].tolist() == [c.linear["accuracy"] for c in result.candidates]
     assert (table["params_m"] > 3).all() and (table["latency_ms_batch1"] > 0).all()
     assert any(shown(s.value).startswith(f"**Recommended: {result.recommendation}.**") for s in at.success)
+    # beside the figures: where the latency was measured, and which parameter count is which
+    shown_text = texts(at) + "\n".join(shown(w.value) for w in at.warning)
+    assert "**Latency and memory:** measured in a clean child process, one model after another" in shown_text
+    assert "efficientnet_lite0 3.4 M parameters in the trunk (4.7 M with ImageNet's 1000-class head)" in shown_text
+    assert table["params_with_head_m"].tolist()[:1] and "M parameters in the trunk" in result.reason
 
     # random weights are a floor to compare with, never offered as the model to train
     assert result.recommendation in TWO
