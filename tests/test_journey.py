@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs Deb
 SHAPES = ("circle", "square", "triangle")
 
 
-def shapes_zip(path: str, per_class: int = 24, size: int = 48) -> str:
+def shapes_zip(path: str, per_class: int = 50, size: int = 64) -> str:
     """A user's own little dataset: outlined shapes of random size, place and colour on noisy backgrounds."""
     import numpy as np
 
@@ -74,15 +74,28 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
             page.get_by_role("tab", name="Upload an archive").click()
             page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(archive)
             page.get_by_role("button", name="Ingest the archive").click()
-            expect(page.get_by_text(re.compile(r"72 images, 3 classes"))).to_be_visible(timeout=2 * MINUTE)
+            expect(page.get_by_text(re.compile(r"150 images, 3 classes"))).to_be_visible(timeout=2 * MINUTE)
             shot(page, "journey-dataset")
 
+            # the bake-off on the user's data, with the page open and polling
+            go(page, "Models", "1 ·")
+            page.get_by_role("button", name="Run the bake-off").click()
+            recommended = page.get_by_text(re.compile(r"^Recommended: "))
+            expect(recommended).to_be_visible(timeout=4 * MINUTE)
+            said = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Recommended").first.inner_text()
+            said = said.replace("\u2060", "")  # the invisible joiners ui.md_escape puts before "." and ":"
+            name = re.search(r"Recommended: (\S+?)\.", said).group(1)
+            watched_ms = float(re.search(re.escape(name) + r" \(.*?([\d.]+) ms/image", said).group(1))
+            size = re.search(r"at (\d+) px", page.get_by_text(re.compile(r"validation images at \d+ px")).first
+                             .inner_text().replace("\u2060", ""))
+            shot(page, "journey-bakeoff")
+
             go(page, "Configure", "3 ·")
-            page.get_by_text("32 px", exact=True).click()
+            page.get_by_text("64 px", exact=True).click()  # long enough to reload in the middle
             epochs = page.get_by_label("Epochs", exact=True)
-            epochs.fill("6")
+            epochs.fill("10")
             epochs.press("Enter")
-            expect(page.get_by_test_id("stMetric").filter(has_text="Whole run (≤ 6 epoch")).to_be_visible()
+            expect(page.get_by_test_id("stMetric").filter(has_text="Whole run (≤ 10 epoch")).to_be_visible()
 
             go(page, "Train", "4 ·")
             page.get_by_role("button", name="Start training").click()
@@ -103,3 +116,14 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
             raise
         finally:
             browser.close()
+
+    # the same bake-off from the command line, nothing watching: the figure the page showed must agree
+    args = ["bakeoff", archive, "--models", "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+            "--workspace", str(tmp_path / "cli")]
+    if size:
+        args += ["--image-size", size.group(1)]
+    out = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cli = {c["name"]: c for c in json.loads(out.stdout.strip().splitlines()[-1])["candidates"]}
+    cli_ms = cli[name]["latency_ms_batch1"]
+    assert 0.7 <= watched_ms / cli_ms <= 1.3, f"{name}: {watched_ms} ms/image on the page, {cli_ms} from the CLI"
