@@ -333,32 +333,36 @@ def save_for_timing(model: torch.nn.Module, folder: str, name: str, image_size: 
 def measure_in_child(jobs: Sequence[LatencyJob], device: torch.device | str = "cpu", batch_size: int = 32,
                      amp_dtype: torch.dtype | None = None, budget_s: float = 1.0,
                      progress: Callable[[str], None] = lambda message: None,
-                     timeout_s: float | None = None) -> list[LatencyProfile]:
+                     timeout_s: float | None = None, child: LatencyChild | None = None) -> list[LatencyProfile]:
     """Time each job's model, one after another, in one clean child process (`python -m core.latency`), with
     this process's torch thread count; one LatencyProfile per job, in order. Nothing else of this process
     (threads, the interpreter lock, garbage collections) runs in the child, so the figures are the model's.
 
     Fallback: when the child cannot start or gives no result (no interpreter, out of memory, a model it cannot
     load), the jobs are timed here instead and each profile's `measured_in` says so and why.
-    `progress` gets one message per model, as the child reaches it.
+    `progress` gets one message per model, as the child reaches it. `child`: one started ahead (LatencyChild),
+    used up by this call; by default one is started now.
     """
     device = torch.device(device)
     threads = torch.get_num_threads()
     profiles: list[LatencyProfile | None] = [None] * len(jobs)
-    child = [i for i, job in enumerate(jobs) if job.model_file]
+    saved = [i for i, job in enumerate(jobs) if job.model_file]
     why = "; ".join(dict.fromkeys(job.unsaved for job in jobs if not job.model_file))
-    if child:
+    if saved:
         request = {"device": str(device), "dtype": dtype_name(amp_dtype), "batch_size": int(batch_size),
                    "budget_s": float(budget_s), "threads": threads,
                    "jobs": [{"name": jobs[i].name, "image_size": jobs[i].image_size, "model_file": jobs[i].model_file}
-                            for i in child]}
+                            for i in saved]}
         # start-up (torch and timm imports) plus, per model, warm-up and the timed repeats of two batch sizes
-        limit = timeout_s if timeout_s is not None else 120.0 + len(child) * (60.0 + 4 * budget_s)
-        results, failure = _run_child(request, progress, limit)
-        for i, result in zip(child, results):
+        limit = timeout_s if timeout_s is not None else 120.0 + len(saved) * (60.0 + 4 * budget_s)
+        with child or LatencyChild() as runner:
+            results, failure = runner.run(request, progress, limit)
+        for i, result in zip(saved, results):
             profiles[i] = LatencyProfile.from_dict(result)
         if failure:
             why = "; ".join(filter(None, (why, f"the clean child process {failure}")))
+    elif child is not None:
+        child.close()
     for i, job in enumerate(jobs):
         if profiles[i] is None:  # the fallback: timed here, and labelled as such
             progress(f"timing {job.name} in this process (fallback: {why})")
@@ -375,50 +379,87 @@ def _load_saved(path: str) -> torch.nn.Module:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _run_child(request: dict[str, Any], progress: Callable[[str], None], timeout_s: float
-               ) -> tuple[list[dict[str, Any]], str]:
-    """Run `python -m core.latency` on `request`; (the profiles it measured, "" or what went wrong)."""
-    with tempfile.TemporaryDirectory(prefix="latency-") as folder:
-        request_file, result_file = os.path.join(folder, "request.json"), os.path.join(folder, "result.json")
-        with open(request_file, "w") as f:
-            json.dump({**request, "result_file": result_file}, f)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))}
-        tail: list[str] = []
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "core.latency", request_file], cwd=_ROOT, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True, errors="replace")
-        except OSError as exc:
-            return [], f"could not be started ({exc})"
-        timed_out = threading.Event()
+class LatencyChild:
+    """The clean child process that times models: `python -m core.latency --wait`, which imports torch and timm
+    (seconds) and waits; `run` then gives it one request. It may be started ahead of the request:
 
-        def stop() -> None:
-            timed_out.set()
-            proc.kill()
-        timer = threading.Timer(timeout_s, stop)
-        timer.daemon = True
-        timer.start()
+        with LatencyChild() as child:   # e.g. before a bake-off extracts its features
+            ...
+            profiles = measure_in_child(jobs, device, child=child)
+
+    Start one ahead only where the caller's work leaves a core free: on a CPU where torch's threads use every
+    core, the child's imports make them wait for each other (a bake-off's features on 2 cores: 1.0 -> 2.8 s).
+    A child that cannot be started is not an error here: `run` then says why and the caller falls back.
+    """
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.error = ""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))}
         try:
-            for line in proc.stderr:  # the child's progress, one line per model; anything else is kept for errors
-                line = line.rstrip()
-                if line.startswith(_PROGRESS):
-                    progress(line[len(_PROGRESS):])
-                elif line:
-                    tail = (tail + [line])[-5:]
-            code = proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
+            self.proc = subprocess.Popen([sys.executable, "-m", "core.latency", "--wait"], cwd=_ROOT, env=env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         text=True, errors="replace")
+        except OSError as exc:
+            self.error = f"could not be started ({exc})"
+
+    def __enter__(self) -> "LatencyChild":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stderr.close()
+
+    def run(self, request: dict[str, Any], progress: Callable[[str], None], timeout_s: float
+            ) -> tuple[list[dict[str, Any]], str]:
+        """Time `request` (see measure_in_child) in the child, once; (the profiles it measured, "" or what went
+        wrong: then fewer profiles than jobs, or none)."""
+        proc = self.proc
+        if proc is None:
+            return [], self.error
+        with tempfile.TemporaryDirectory(prefix="latency-") as folder:
+            request_file, result_file = os.path.join(folder, "request.json"), os.path.join(folder, "result.json")
+            with open(request_file, "w") as f:
+                json.dump({**request, "result_file": result_file}, f)
+            timed_out, tail = threading.Event(), []
+
+            def stop() -> None:
+                timed_out.set()
                 proc.kill()
-                proc.wait()
-        results = []
-        if os.path.exists(result_file):
-            with open(result_file) as f:
-                results = json.load(f)
+            timer = threading.Timer(timeout_s, stop)
+            timer.daemon = True
+            timer.start()
+            try:
+                try:
+                    proc.stdin.write(request_file + "\n")
+                    proc.stdin.close()
+                except OSError:  # it died before reading: its stderr says why
+                    pass
+                for line in proc.stderr:  # its progress, one line per model; anything else is kept for errors
+                    line = line.rstrip()
+                    if line.startswith(_PROGRESS):
+                        progress(line[len(_PROGRESS):])
+                    elif line:
+                        tail = (tail + [line])[-5:]
+                code = proc.wait()
+            finally:
+                timer.cancel()
+                self.close()
+            results = []
+            if os.path.exists(result_file):
+                with open(result_file) as f:
+                    results = json.load(f)
         if code == 0 and len(results) == len(request["jobs"]):
             return results, ""
         if timed_out.is_set():
-            return results, f"ran past its {timeout_s:.0f} s limit and was stopped"
+            return results, f"ran past its {timeout_s:g} s limit and was stopped"
         return results, f"exited with status {code}{': ' + ' / '.join(tail)[-400:] if tail else ''}"
 
 
@@ -427,7 +468,16 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    """The child: time each model of the request (a JSON file) and write the profiles to its result_file."""
+    """The child: time each model of the request (a JSON file: its path as the argument, or with --wait on the
+    first line of stdin, read once the imports are done) and write the profiles to its result_file."""
+    if argv and argv[0] == "--wait":
+        try:  # what unpickling a timm model needs, imported while the parent still works
+            import timm  # noqa: F401
+        except ImportError:
+            pass
+        argv = [sys.stdin.readline().strip()]
+        if not argv[0]:  # the parent closed without a request (it fell back or stopped)
+            return 0
     with open(argv[0]) as f:
         request = json.load(f)
     torch.set_num_threads(int(request["threads"]))

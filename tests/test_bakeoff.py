@@ -165,7 +165,7 @@ def test_every_phase_of_the_bakeoff_shows_in_order(small_digits_dir, tmp_path):
     for name in options.models:
         phases += [f"{name}: extracting features at 32 px", f"{name}: fitting the linear probe",
                    f"{name}: fitting k-NN", f"{name}: scoring on", f"{name}: val accuracy"]
-    phases += ["starting a clean child process to time the latency and memory of 2 candidates",
+    phases += ["timing the latency and memory of 2 candidates in a clean child process",
                "timing efficientnet_lite0 in a clean child process (1 of 2)",
                "timing efficientnet_lite0:random in a clean child process (2 of 2)"]
     assert len(messages) == len(phases) and all(m.startswith(p) for m, p in zip(messages, phases)), messages

@@ -88,3 +88,24 @@ def test_the_conditions_of_several_profiles_read_as_one_line():
                      "cores while timing")
     assert shared_conditions([profile(64, 0.1), profile(64, 1.5)]).endswith("these figures are pessimistic)")
     assert LatencyProfile.from_dict({**profile(64, 0.1).to_dict(), "unknown": 1}) == profile(64, 0.1)
+
+
+def test_a_child_started_ahead_times_the_models_it_is_given_later(tmp_path):
+    from core.latency import CHILD, LatencyChild, measure_in_child, save_for_timing
+
+    with LatencyChild() as child:  # importing while the caller works
+        job = save_for_timing(_tiny(), str(tmp_path), "tiny", 16)
+        (profile,) = measure_in_child([job], batch_size=2, budget_s=0.02, child=child)
+    assert profile.measured_in == CHILD and profile.latency_ms_batch1 > 0
+    assert child.proc.poll() is not None, "used up: it has exited"
+    unused = LatencyChild()
+    unused.close()  # a child given no request (the caller fell back or failed) is stopped, not left behind
+    assert unused.proc.poll() is not None
+
+
+def test_a_child_that_runs_past_its_limit_is_stopped_and_the_fallback_says_so(tmp_path):
+    from core.latency import measure_in_child, save_for_timing
+
+    job = save_for_timing(_tiny(), str(tmp_path), "tiny", 16)
+    (profile,) = measure_in_child([job], batch_size=2, budget_s=0.02, timeout_s=0.3)  # it cannot even import torch
+    assert "fallback: the clean child process ran past its 0.3 s limit and was stopped" in profile.measured_in
