@@ -88,6 +88,8 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
             watched_ms = float(re.search(re.escape(name) + r" \(.*?([\d.]+) ms/image", said).group(1))
             size = re.search(r"at (\d+) px", page.get_by_text(re.compile(r"validation images at \d+ px")).first
                              .inner_text().replace("\u2060", ""))
+            conditions = page.locator("p", has_text="Latency and memory:").last.inner_text().replace("\u2060", "")
+            page_contended = "something competed" in conditions
             shot(page, "journey-bakeoff")
 
             go(page, "Configure", "3 ·")
@@ -126,4 +128,8 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cli = {c["name"]: c for c in json.loads(out.stdout.strip().splitlines()[-1])["candidates"]}
     cli_ms = cli[name]["latency_ms_batch1"]
-    assert 0.7 <= watched_ms / cli_ms <= 1.3, f"{name}: {watched_ms} ms/image on the page, {cli_ms} from the CLI"
+    if page_contended:  # other processes took the CPU while the page timed (a shared CI machine): it must say so
+        assert "pessimistic" in conditions, conditions
+    else:
+        assert 0.7 <= watched_ms / cli_ms <= 1.3, f"{name}: {watched_ms} ms/image on the page, {cli_ms} from the CLI " \
+                                                  f"({conditions})"
