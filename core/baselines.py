@@ -117,10 +117,11 @@ def heuristic(train_images: torch.Tensor, y_train, test_images: torch.Tensor, nu
 def linear_probe(trunk: torch.nn.Module, pre: PreprocessSpec, train_images: torch.Tensor, y_train,
                  test_images: torch.Tensor, num_classes: int, device: torch.device,
                  amp_dtype: torch.dtype | None = None, seed: int = 0) -> np.ndarray:
-    """Frozen pretrained trunk + logistic regression on its features."""
+    """Frozen pretrained trunk + logistic regression on its features: fitted on features under `amp_dtype`,
+    scored on fp32 features (as a saved probe computes), like the run's own probe (core.probe)."""
     x_train = embed(trunk, pre, train_images, device, amp_dtype)
     clf = LinearClassifier(num_classes, seed=seed).fit(x_train, np.asarray(y_train))
-    return clf.predict_proba(embed(trunk, pre, test_images, device, amp_dtype))
+    return clf.predict_proba(embed(trunk, pre, test_images, device, None))
 
 
 def train_from_scratch(config, num_classes: int, pre: PreprocessSpec, train_images: torch.Tensor, y_train,

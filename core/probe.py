@@ -150,12 +150,14 @@ def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, num_classes: int, 
 def linear_probe(model, train: BatchSource, val: BatchSource, test: BatchSource, num_classes: int,
                  amp_dtype=None, seed: int = 0, channels_last: bool = True
                  ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Fit logistic regression on frozen train features; returns (val/test metrics, head weight, head bias)."""
+    """Fit logistic regression on frozen train features; returns (val/test metrics, head weight, head bias).
+    The head is fitted on features under `amp_dtype`; val and test are scored in fp32, as the saved probe
+    computes when evaluated or exported."""
     x_train, y_train = extract_features(model, train, amp_dtype, channels_last)
     weight, bias, predict = fit_linear_head(x_train, y_train, num_classes, seed, train.device)
     metrics: dict[str, float] = {}
     for name, source in (("val", val), ("test", test)):
         if len(source):
-            x, y = extract_features(model, source, amp_dtype, channels_last)
+            x, y = extract_features(model, source, None, channels_last)
             metrics.update(classification_metrics(y, predict(x), num_classes, f"{name}_"))
     return metrics, weight, bias

@@ -32,10 +32,25 @@ def _integer_x(fig: go.Figure, xs: Iterable[float]) -> None:
 
 def _log_y(fig: go.Figure, values: Iterable[float]) -> None:
     """A log y axis labelled once per power of ten when the values span two or more (plotly's default labels
-    the 2s and 5s between as well, which crowd a small chart), and at 1, 2 and 5 when they span less."""
+    the 2s and 5s between as well, which crowd a small chart), and at 1, 2 and 5 when they span less, each
+    label whole ("2e-3", not plotly's bare "2" beside "1e-3")."""
     positive = [float(v) for v in values if v is not None and math.isfinite(float(v)) and v > 0]
     decades = math.log10(max(positive) / min(positive)) if positive else 0.0
-    fig.update_yaxes(type="log", dtick=1 if decades >= 2 else "D2", exponentformat="power" if decades >= 2 else "e")
+    if decades >= 2 or not positive:
+        fig.update_yaxes(type="log", dtick=1, exponentformat="power")
+        return
+    lo, hi = min(positive), max(positive)
+    ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo / 2.5 <= m * 10.0 ** k <= hi * 2.5]
+    fig.update_yaxes(type="log", tickvals=ticks, ticktext=[_tick(v) for v in ticks])
+
+
+def _tick(value: float) -> str:
+    """2e-3, 5e-4, 0.5, 20: short and whole."""
+    if 0.01 <= value < 10_000:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def curves_figure(frame: pd.DataFrame, title: str, y_title: str, x_title: str = "epoch", log_y: bool = False,

@@ -344,7 +344,7 @@ with tabs[2]:
                            help=f"Throughput with batches of {lat.batch_size} images, {where}.")
             cols[3].metric(f"peak memory, batch {lat.batch_size}", f"{lat.peak_memory_mb:,.0f} MiB",
                            help=f"Above the memory with the model loaded; measured as {lat.memory_method}.")
-            st.caption(f"Measured {where}.")
+            st.markdown(f"**Latency and memory:** {ui.md_escape(lat.conditions())}.")
             with st.expander("All deployment figures"):
                 st.dataframe(pd.DataFrame([(k, str(v)) for k, v in deployment_rows(report.deployment)],
                                           columns=["figure", "value"]), hide_index=True)

@@ -54,12 +54,13 @@ extra = st.session_state.setdefault(ui.EXTRA_MODELS, [])
 options = list(dict.fromkeys([*catalog.get("name", pd.Series(dtype=str)).tolist(), *extra]))
 # first visit: the model to train and the models available offline, so the bake-off below is one click away
 offline = [r["name"] for r in rows if r.get("available")][:3]
-first = st.session_state.get(ui.CANDIDATES, list(dict.fromkeys([ui.current_model(), *offline])))
-ui.seed("models.candidates", [m for m in first if m in options][:5])
-candidates = st.multiselect("Candidates to try", options, key="models.candidates",
+first = list(dict.fromkeys([ui.current_model(), *offline]))
+if ui.CANDIDATES in st.session_state:  # models that left the catalog (or an extra name this session lost)
+    st.session_state[ui.CANDIDATES] = [m for m in st.session_state[ui.CANDIDATES] if m in options]
+candidates = st.multiselect("Candidates to try", options,
+                            **ui.mirrored("models.candidates", ui.CANDIDATES, [m for m in first if m in options][:5]),
                             help="Pick one or more. The bake-off below ranks 2 to 5 of them on your images in about a "
                             "minute; or train each on the Train page and compare them on Runs.")
-st.session_state[ui.CANDIDATES] = candidates
 
 
 def _add_model() -> None:
@@ -73,7 +74,7 @@ def _add_model() -> None:
     added = st.session_state.setdefault(ui.EXTRA_MODELS, [])
     if entry.name not in added:
         added.append(entry.name)
-    st.session_state["models.candidates"] = list(dict.fromkeys([*st.session_state["models.candidates"], entry.name]))
+    st.session_state[ui.CANDIDATES] = list(dict.fromkeys([*st.session_state.get(ui.CANDIDATES, []), entry.name]))
 
 
 with st.expander("Another timm or torchvision model, by name", expanded="models.add_error" in st.session_state):
@@ -109,32 +110,30 @@ def _use_for_training(name: str) -> None:
     extra = st.session_state.setdefault(ui.EXTRA_MODELS, [])
     if name not in options and name not in extra:
         extra.append(name)
-    picked = list(dict.fromkeys([*st.session_state.get("models.candidates", []), name]))
-    st.session_state["models.candidates"] = st.session_state[ui.CANDIDATES] = picked
+    st.session_state[ui.CANDIDATES] = list(dict.fromkeys([*st.session_state.get(ui.CANDIDATES, []), name]))
     st.session_state["models.bakeoff_used"] = name
 
 
 def bakeoff_settings(dataset_id: str) -> tuple[BakeoffOptions | None, str]:
     """The bake-off the widgets describe, or None and why not (shown as a message, nothing runs)."""
-    saved = st.session_state.setdefault("models.bakeoff_settings", {})  # survives leaving the page
-    ui.seed("models.bakeoff_floor", saved.get("floor", True))
-    ui.seed("models.bakeoff_max_images", saved.get("max_images", DEFAULT_MAX_IMAGES))
-    ui.seed("models.bakeoff_size", saved.get("size", 128))
+    # each setting's value lives in a plain key (ui.mirrored): a polling fragment's reruns reset the widgets'
+    # own state, and the bake-off then looked like one for another choice
     floor = st.checkbox(f"Include {ui.md_escape((candidates or [DEFAULT_MODEL])[0])} with random weights as a floor",
-                        key="models.bakeoff_floor",
+                        **ui.mirrored("models.bakeoff_floor", "models.bakeoff.floor", True),
                         help="The first candidate's architecture without its ImageNet weights: the gap between it and "
                              "the pretrained candidates is what pretraining buys on your images.")
     left, right = st.columns(2)
-    max_images = left.number_input("Images to use (at most)", 20, 100_000, step=100, key="models.bakeoff_max_images",
+    max_images = left.number_input("Images to use (at most)", 20, 100_000, step=100,
+                                   **ui.mirrored("models.bakeoff_max_images", "models.bakeoff.max_images",
+                                                 DEFAULT_MAX_IMAGES),
                                    help="A stratified subset of the training and validation images. More images "
                                         "give narrower intervals and take longer.")
-    size = right.selectbox("Image size", SIZES, key="models.bakeoff_size",
+    size = right.selectbox("Image size", SIZES, **ui.mirrored("models.bakeoff_size", "models.bakeoff.size", 128),
                            format_func=lambda s: "each model's own" if s == 0 else f"{s} px",
                            help="The side every candidate sees. Smaller is much faster on a CPU (time grows with the "
                                 "square of the side) and ranks the candidates well for small images; their own size "
                                 "(224 px and more) is closer to how they will be trained, but takes many times "
                                 "longer. Latency is measured at this size too.")
-    saved.update(floor=floor, max_images=int(max_images), size=size)
     try:
         models = with_random_floor(candidates, include=floor)
     except BakeoffError as exc:

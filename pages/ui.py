@@ -49,7 +49,8 @@ RUN_ASKED = "run_asked"  # str: a run the user asked to see (a link, "Watch it")
 # kept on the server per user (core.sessions) and restored when a session starts: the values above, and the
 # views' own "…saved" values (the Models page's bake-off settings, the Evaluate page's choices)
 KEPT = (DATASET, CANDIDATES, EXTRA_MODELS, MODEL, CHECKPOINT, CONFIG, RUN, SUGGESTED_FOR,
-        "models.bakeoff_settings", "evaluate.run.saved", "evaluate.split.saved", "evaluate.report.saved",
+        "models.bakeoff.floor", "models.bakeoff.max_images", "models.bakeoff.size",
+        "evaluate.run.saved", "evaluate.split.saved", "evaluate.report.saved",
         "evaluate.costs.saved")
 _KEPT_FOR = "_kept.user"  # whose saved state this session holds
 _KEPT_SAVED = "_kept.saved"  # key -> the JSON text last saved (or read): only changed values are written
@@ -346,6 +347,21 @@ def seed(key: str, value: Any) -> None:
     of a widget on another page)."""
     if key not in st.session_state:
         st.session_state[key] = value
+
+
+def mirrored(widget_key: str, value_key: str, default: Any) -> dict[str, Any]:
+    """Keyword arguments for a widget whose value lives in a plain session key (`value_key`), not in the
+    widget's own state: Streamlit drops the state of widgets a `run_every` fragment's reruns do not draw
+    (streamlit#10805), and the widget then comes back empty (the Models page lost its candidates after each
+    bake-off). The widget is set from `value_key` on every run; a user's change is copied back by on_change,
+    which runs before the script. Code that changes the value sets `value_key`."""
+    st.session_state.setdefault(value_key, default)
+    st.session_state[widget_key] = st.session_state[value_key]
+    return {"key": widget_key, "on_change": _copy_state, "args": (widget_key, value_key)}
+
+
+def _copy_state(source: str, target: str) -> None:
+    st.session_state[target] = st.session_state.get(source)
 
 
 def _typed(default: Any, value: Any) -> Any:

@@ -2,8 +2,9 @@
 Playwright in headless Debian Chromium: load the demo data, keep the default model, train a short run at a
 tiny image size, watch the live chart update and the run finish, open the confusion matrix and click a cell.
 
-Screenshots of every page go to test-output/screenshots/; with UPDATE_DOC_SCREENSHOTS=1 the main ones are
-also written, palette-compressed, to docs/screenshots/ for the README (made with E2E_SIZE=64 E2E_EPOCHS=3).
+Screenshots of every page go to test-output/screenshots/. The README's (docs/screenshots/) come from the newcomer's
+journey in test_journey.py: `UPDATE_DOC_SCREENSHOTS=1 python -m pytest tests/test_journey.py` writes them,
+palette-compressed.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOTS = os.path.join(ROOT, "test-output", "screenshots")
 DOC_SHOTS = os.path.join(ROOT, "docs", "screenshots")
 MINUTE = 60_000  # Playwright timeouts are in milliseconds
-# A tiny run by default; the README's screenshots come from a longer one (E2E_SIZE=64 E2E_EPOCHS=3).
+# A tiny run (E2E_SIZE, E2E_EPOCHS to change it).
 SIZE, EPOCHS = int(os.environ.get("E2E_SIZE", "32")), int(os.environ.get("E2E_EPOCHS", "1"))
 
 
@@ -35,6 +36,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Server(str):
+    """The dashboard's address; `workspace`: the folder it keeps datasets and runs in."""
+    workspace: str
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,8 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = Server(f"http://127.0.0.1:{port}")
+    url.workspace = str(folder / "workspace")
     deadline = time.time() + 60
     while True:
         try:
@@ -129,20 +136,20 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
             page.goto(server)
             expect(page.get_by_role("heading", name="Transfer Studio")).to_be_visible()
             expect(page.get_by_test_id("stSidebar")).to_contain_text("Device:")
-            shot(page, "start", doc=True)
+            shot(page, "demo-start")
 
             go(page, "Dataset", "2 ·")
             page.get_by_role("button", name="Load the demo dataset").click()
             expect(page.get_by_text("1,797 images, 10 classes")).to_be_visible(timeout=MINUTE)
-            shot(page, "dataset", doc=True)
+            shot(page, "demo-dataset")
             page.get_by_text("Examples per class").scroll_into_view_if_needed()
             expect(page.get_by_text("Augmentation preview")).to_be_attached()
-            shot(page, "dataset-examples", doc=True)
+            shot(page, "demo-dataset-examples")
 
             go(page, "Models", "1 ·")  # keep the default model
             expect(page.get_by_text("efficientnet_lite0").first).to_be_visible()
             expect(page.get_by_text("Candidates to try")).to_be_visible()
-            shot(page, "models", doc=True)
+            shot(page, "demo-models")
 
             go(page, "Configure", "3 ·")
             expect(page.get_by_text("Before you start")).to_be_visible()
@@ -152,9 +159,9 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
             epochs.press("Enter")
             whole_run = page.get_by_test_id("stMetric").filter(has_text=f"Whole run (≤ {EPOCHS} epoch")
             expect(whole_run).to_be_visible()
-            shot(page, "configure", doc=True)
+            shot(page, "demo-configure")
             page.get_by_text("Before you start").scroll_into_view_if_needed()
-            shot(page, "configure-estimate", doc=True)
+            shot(page, "demo-configure-estimate")
 
             go(page, "Train", "4 ·")
             expect(page.get_by_text(f"image size {SIZE} · {EPOCHS} epoch")).to_be_visible()
@@ -168,17 +175,17 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
                 step, points = step_of(page), max(points, plotted_points(page))  # 0 while a chart redraws
             assert step > first_step, "the progress bar did not move"
             assert points > first_points, "the live chart did not update"
-            shot(page, "train-live", doc=True)
+            shot(page, "demo-train-live")
             finished = page.get_by_role("heading", name=re.compile(r"completed"))
             expect(finished).to_be_visible(timeout=EPOCHS * 2 * MINUTE)
             expect(page.get_by_text("test accuracy").first).to_be_visible()
-            shot(page, "train-done", doc=True)
+            shot(page, "demo-train-done")
 
             go(page, "Evaluate", "6 ·")
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=MINUTE)
             expect(page.get_by_text("Confusion matrix").first).to_be_attached()
             expect(page.get_by_text("Misclassified images")).to_be_visible()
-            shot(page, "evaluate", doc=True)
+            shot(page, "demo-evaluate")
             # a click on a cell of the matrix (true 0, predicted 0: top left) shows the images behind it
             shown = page.get_by_text(re.compile(r"^(\d+ images? of 0|No image of 0) classified correctly")).first
             for attempt in range(3):  # a click while the page is still rerunning can be lost: click again
@@ -194,7 +201,7 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
 
             go(page, "Runs", "5 ·")
             expect(page.get_by_text("Compare").first).to_be_visible()
-            shot(page, "runs", doc=True)
+            shot(page, "demo-runs")
         except Exception:
             shot(page, "failure")
             raise

@@ -1,9 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
-from core.evaluate import EvaluationError, Predictions, evaluate_run, summarize
-from core.runs import start_run
+from core.checkpoint import load_model
+from core.evaluate import EvaluationError, Predictions, evaluate_run, predict, summarize
+from core.runs import run_inputs, start_run
 from core.store import RunStore
 
 
@@ -29,11 +32,17 @@ def test_summary_agrees_with_scikit_learn_on_fixed_predictions():
 
 
 def test_evaluate_run_reloads_the_best_checkpoint_and_matches_the_run(small_digits_dir, tiny_config, tmp_path):
-    # fp32 throughout, so the reloaded checkpoint must score exactly what the run reported
-    summary = start_run(tiny_config.replace(epochs=1, amp="off"), small_digits_dir, str(tmp_path))
+    # trained under bf16 autocast, but a run reports fp32 figures: the reloaded checkpoint (fp32, as exported)
+    # must score exactly what the run said, in its metrics, its outcome sentence and its probe baseline
+    summary = start_run(tiny_config.replace(epochs=1, amp="bf16"), small_digits_dir, str(tmp_path))
     ev = evaluate_run(str(tmp_path), summary["run_id"])
     assert ev.split == "test" and ev.classes == tuple(str(i) for i in range(10))
     assert ev.metrics["accuracy"] == pytest.approx(summary["metrics"]["test_accuracy"], abs=1e-9)
+    assert ev.metrics["accuracy"] == pytest.approx(summary["outcome"]["comparisons"]["test"]["model"], abs=1e-9)
+    probe, pre, meta = load_model(os.path.join(str(tmp_path), summary["run_id"], "checkpoints", "probe.safetensors"))
+    _, data = run_inputs(RunStore(str(tmp_path)), summary["run_id"])
+    pred = predict(probe, pre, data.test, tuple(meta["classes"]))
+    assert float((pred.probs.argmax(1) == pred.y_true).mean()) == pytest.approx(ev.baseline["test_accuracy"], abs=1e-9)
     assert sum(map(sum, ev.confusion)) == RunStore(str(tmp_path)).get_run(summary["run_id"])["data"]["test"]
     assert "test_accuracy" in ev.baseline
 

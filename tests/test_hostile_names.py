@@ -163,7 +163,7 @@ def test_the_evaluate_page_shows_class_names_as_text(state):
 
 
 def test_the_models_page_shows_a_typed_model_name_as_text(state):
-    at = open_page("pages/models.py", {**state, ui.EXTRA_MODELS: [MODEL], "models.candidates": [MODEL]})
+    at = open_page("pages/models.py", {**state, ui.EXTRA_MODELS: [MODEL], ui.CANDIDATES: [MODEL]})
     # its license warning, the floor's checkbox label, the "Train with" radio option
     assert_shown_as_text(at, [MODEL])
     assert any(MODEL in shown(o) for o in at.radio[0].proto.options)

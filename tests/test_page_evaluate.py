@@ -144,10 +144,12 @@ def test_the_full_report_runs_in_the_background_and_its_sections_show(ws, report
     assert {"Fine-tuned model and baselines", "Deployment, measured on this machine",
             "Robustness to corruptions"} <= set(headings)
     assert f"{report.deployment.parameters / 1e6:.2f} M" in [m.value for m in at.metric]
-    # the latency tile holds a short figure (it was cut off); the conditions are in its help and a caption
+    # the latency tile holds a short figure (it was cut off); the conditions are in its help and beside it
     latency = next(m for m in at.metric if m.label == "latency per image")
     assert re.fullmatch(r"[\d,]+(\.\d)? ms", latency.value) and "batch 1" in latency.proto.help
-    assert any(c.value.startswith("Measured on ") for c in at.caption)
+    conditions = report.deployment.latency.conditions()
+    assert conditions.startswith("measured in a clean child process")
+    assert f"**Latency and memory:** {conditions}." in texts(at)
     assert len(at.get("plotly_chart")) >= 5  # + models, robustness (and costs)
     # away to another page and back: the widgets were dropped, the report is still there
     at.switch_page("pages/runs.py").run()

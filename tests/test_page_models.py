@@ -91,7 +91,7 @@ def test_a_bakeoff_runs_in_the_background_and_its_buttons_pick_the_model(workspa
     # a rerun or another tab finds the running task (no second click possible) and starts nothing new
     at.run()
     assert button(at, "Run the bake-off again").disabled
-    other_tab = open_page(PAGE, {ui.DATASET: dataset_id, ui.CANDIDATES: TWO, "models.bakeoff_max_images": 100, "models.bakeoff_size": 32})
+    other_tab = open_page(PAGE, {ui.DATASET: dataset_id, ui.CANDIDATES: TWO, "models.bakeoff.max_images": 100, "models.bakeoff.size": 32})
     assert_clean(other_tab)
     assert any("Running: bake-off" in shown(i.value) for i in other_tab.info)
     assert button(other_tab, "Run the bake-off again").disabled
