@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.audit import audit_dataset  # noqa: E402
+from core.data.audit import audit_dataset  # noqa: E402
 
 
 def make_images(root: Path, n: int, classes: int = 10, seed: int = 0) -> None:

@@ -6,7 +6,7 @@
 
 Data: scikit-learn's digits (1,797 images, 10 classes) as 32x32 RGB PNG class folders, split 70/15/15 as a
 run would; the bake-off uses 1,000 of the train+val images (stratified). The clock runs around
-`core.bakeoff.run_bakeoff` (decode once, load each candidate, extract features, fit the linear and k-NN
+`core.plan.bakeoff.run_bakeoff` (decode once, load each candidate, extract features, fit the linear and k-NN
 classifiers, bootstrap, measure latency and memory); ingesting the folder is timed separately. One
 untimed warm-up loads the three weights files first, so neither configuration pays for a cold disk.
 Other processes on the CPU slow torch's threads badly; the script says when it saw them, and its figures
@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.backbones import load_backbone  # noqa: E402
-from core.bakeoff import BakeoffOptions, run_bakeoff  # noqa: E402
+from core.model.backbones import load_backbone  # noqa: E402
+from core.plan.bakeoff import BakeoffOptions, run_bakeoff  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
-from core.latency import device_description  # noqa: E402
-from core.runs import load_data  # noqa: E402
-from core.train import resolve_device  # noqa: E402
+from core.runtime import device_description  # noqa: E402
+from core.runs.launch import load_data  # noqa: E402
+from core.runtime import resolve_device  # noqa: E402
 
 CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 

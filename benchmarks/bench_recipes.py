@@ -4,10 +4,10 @@
     python benchmarks/bench_recipes.py --data /tmp/dev --recipes default,lpft --seeds 0,1,2 --out r.jsonl
     python benchmarks/bench_recipes.py --table r.jsonl         # the table of a results file
 
-Every (dataset, seed) is split once by the product itself (`core.runs.prepare_data`, stratified 70/15/15,
+Every (dataset, seed) is split once by the product itself (`core.runs.launch.prepare_data`, stratified 70/15/15,
 the seed as the split seed, related images kept together: a font family through a CSV `group` column,
 anything else as the product finds it, `group_by`); every recipe then trains on that same split
-with that seed, through the engine (`core.runs.execute_run`). The probe's test accuracy is the run's own
+with that seed, through the engine (`core.runs.launch.execute_run`). The probe's test accuracy is the run's own
 baseline (frozen trunk + logistic regression, fitted on the same training images). One JSON line per run.
 
 The table gives, per dataset and recipe, the mean test accuracy over seeds, the mean paired difference
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import tempfile
@@ -30,13 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import TrainConfig  # noqa: E402
-from core.data import from_manifest  # noqa: E402
-from core.events import Dispatcher  # noqa: E402
-from core.outcome import FINE_TUNED, choose  # noqa: E402
-from core.runs import create_run, prepare_data, second_opinion  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from core.trackers import StoreTracker  # noqa: E402
-from core.train import Trainer, better, monitor_score  # noqa: E402
+from core.data.split_data import from_manifest  # noqa: E402
+from core.train.events import Dispatcher  # noqa: E402
+from core.train.outcome import FINE_TUNED, choose  # noqa: E402
+from core.runs.launch import create_run, prepare_data, second_opinion  # noqa: E402
+from core.runs.store import RunStore  # noqa: E402
+from core.runs.recorder import StoreTracker  # noqa: E402
+from core.train.loop import Trainer, better, monitor_score  # noqa: E402
 
 
 class RecordingTrainer(Trainer):
@@ -101,9 +100,9 @@ def dataset_csv(data_root: str, dataset: str) -> str:
 
 
 def quick_image_size(source: str, work: str) -> int:
-    """The image size the Configure page suggests on a CPU for this data (core.suggest)."""
-    from core.audit import audit_dataset
-    from core.suggest import suggest_settings
+    """The image size the Configure page suggests on a CPU for this data (core.plan.suggest)."""
+    from core.data.audit import audit_dataset
+    from core.plan.suggest import suggest_settings
 
     report = audit_dataset(source, workspace_dir=os.path.join(work, "ws"))
     return suggest_settings(report, "cpu", 224).changes.get("image_size", 224)
@@ -232,19 +231,19 @@ def select(row: dict, rule: str) -> dict:
     if rule == "point_ties_tuned":  # as "point", but a tie goes to the fine-tuned model
         return probe if better(probe["score"], best["score"]) else best
     if rule == "unless_clearly_worse":  # keep the fine-tuned model unless the paired interval lies below 0
-        from core.outcome import compare
+        from core.train.outcome import compare
 
         c = compare("val", row["y_val"], best["val_pred"], probe["val_pred"])
         return probe if c.interval[1] < 0 else best
     if rule.startswith("shrink"):  # the val difference shrunk toward a prior mean: shrink:<mean>:<sd> in points
-        from core.outcome import compare
+        from core.train.outcome import compare
 
         _, mean, sd = rule.split(":")
         c = compare("val", row["y_val"], best["val_pred"], probe["val_pred"])
         se = max(1e-6, (c.interval[1] - c.interval[0]) / 3.92)
         w = (float(sd) / 100) ** 2 / ((float(sd) / 100) ** 2 + se ** 2)
         return best if w * c.difference + (1 - w) * float(mean) / 100 >= 0 else probe
-    if rule == "product":  # core.outcome.choose
+    if rule == "product":  # core.train.outcome.choose
         kept, _ = choose(row["y_val"], probe["val_pred"], best["val_pred"], better(best["score"], probe["score"]),
                          row["num_classes"])
         return best if kept == FINE_TUNED else probe

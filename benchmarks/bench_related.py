@@ -5,7 +5,7 @@ the true views, and how many images are paired where there are no related images
     python benchmarks/bench_related.py --data /tmp/dev --datasets emoji_views,parts_views,stamps,digits,emoji
 
 A dataset's true groups come from its file names (`<object>_v<k>.png`: the views of one object); files
-without that pattern have no related partner. Embeddings: core.related.EMBEDDING_MODEL at EMBEDDING_SIZE (CPU).
+without that pattern have no related partner. Embeddings: core.data.related.EMBEDDING_MODEL at EMBEDDING_SIZE (CPU).
 Precision: the share of found pairs (within the groups found) that are views of one object; recall: the
 share of true pairs found; for datasets without views, the share of images placed in some group.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.embeddings import image_embeddings  # noqa: E402
-from core.related import embedding_groups  # noqa: E402
+from core.model.embeddings import image_embeddings  # noqa: E402
+from core.data.related import embedding_groups  # noqa: E402
 
 
 def true_group(rel: str) -> str:

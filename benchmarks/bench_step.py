@@ -3,7 +3,7 @@
     python benchmarks/bench_step.py --device cuda                          # lite0, 224 px, batch 256, bf16
     python benchmarks/bench_step.py --device cpu --image-size 64 --batch-size 32 --steps 5 --no-compile
 
-One step is what `core.train.Trainer._train_epoch` does per batch: `augment_batch` on a uint8 batch that
+One step is what `core.train.loop.Trainer._train_epoch` does per batch: `augment_batch` on a uint8 batch that
 already sits on the device (the engine's decode-once cache), channels_last, autocast (bf16 where the device
 has it), the TransferModel forward, the default loss (cross-entropy with label smoothing), backward, AdamW
 over the discriminative parameter groups, the per-step schedule; the loss is read every 10 steps on a GPU
@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.augment import augment_batch  # noqa: E402
-from core.backbones import load_backbone  # noqa: E402
+from core.train.augment import augment_batch  # noqa: E402
+from core.model.backbones import load_backbone  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
-from core.losses import make_loss  # noqa: E402
-from core.model import TransferModel  # noqa: E402
-from core.schedules import make_scheduler  # noqa: E402
-from core.train import resolve_amp, resolve_device  # noqa: E402
+from core.train.losses import make_loss  # noqa: E402
+from core.model.transfer import TransferModel  # noqa: E402
+from core.train.schedules import make_scheduler  # noqa: E402
+from core.runtime import resolve_amp, resolve_device  # noqa: E402
 
 NUM_CLASSES = 10
 

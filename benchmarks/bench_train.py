@@ -3,13 +3,13 @@
     python benchmarks/bench_train.py                     # full: 224 px, all 1,797 digits, 5 epochs
     python benchmarks/bench_train.py --epochs 2 --image-size 64 --limit-per-class 30   # quick check
 
-Engine: `core.runs.start_run` with default settings except what the flags set; its clock starts when
+Engine: `core.runs.launch.start_run` with default settings except what the flags set; its clock starts when
 start_run is called, so setup (ingesting the folder into a fresh dataset store, the image cache, the
 linear-probe baseline) is counted. Reference: torchvision's
 usual recipe (a file-list dataset, DataLoader, transforms from the model's data config, Adam at 1e-3,
 plain cross-entropy, fp32, no schedule) on the same trunk with the same frozen layer groups; its clock
 starts before it loads the model. Both validate after every epoch, and that time counts too. Both use
-the split `core.runs.load_data` makes of the folder (checked against the split the engine's run recorded).
+the split `core.runs.launch.load_data` makes of the folder (checked against the split the engine's run recorded).
 
 The key figure: how long the engine takes to first reach the reference's final val accuracy, against the
 reference's total time (target: at most half). Data: scikit-learn's digits as 32x32 RGB PNG class folders,
@@ -34,14 +34,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.backbones import load_backbone  # noqa: E402
+from core.model.backbones import load_backbone  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
-from core.data import SplitData  # noqa: E402
-from core.events import BaselineDone, EpochEnd, RunStarted  # noqa: E402
-from core.model import TransferModel  # noqa: E402
-from core.runs import load_data, run_inputs, start_run  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from core.train import resolve_amp, resolve_device  # noqa: E402
+from core.data.split_data import SplitData  # noqa: E402
+from core.train.events import BaselineDone, EpochEnd, RunStarted  # noqa: E402
+from core.model.transfer import TransferModel  # noqa: E402
+from core.runs.launch import load_data, run_inputs, start_run  # noqa: E402
+from core.runs.store import RunStore  # noqa: E402
+from core.runtime import resolve_amp, resolve_device  # noqa: E402
 
 
 AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}

@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.config import TrainConfig  # noqa: E402
-from core.estimate import default_device  # noqa: E402
-from core.runs import start_run  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from core.suggest import quick_start  # noqa: E402
+from core.runtime import default_device  # noqa: E402
+from core.runs.launch import start_run  # noqa: E402
+from core.runs.store import RunStore  # noqa: E402
+from core.plan.suggest import quick_start  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 
 

@@ -4,9 +4,9 @@
     python benchmarks/bench_watched_bakeoff.py --poller gc       # the watcher only collects garbage each second
     python benchmarks/bench_watched_bakeoff.py --repeats 2 --out watched.json
 
-The same bake-off (`core.bakeoff.run_bakeoff`, 2 candidates at 64 px on scikit-learn's digits via
-`core.ingest.demo_dataset`) and the latency part of an evaluation report (`core.latency.deployment_profile`
-of a 10-class TransferModel on efficientnet_lite0 at 64 px, fp32, as `core.report.build_report` calls it)
+The same bake-off (`core.plan.bakeoff.run_bakeoff`, 2 candidates at 64 px on scikit-learn's digits via
+`core.data.ingest.demo_dataset`) and the latency part of an evaluation report (`core.evaluate.latency.deployment_profile`
+of a 10-class TransferModel on efficientnet_lite0 at 64 px, fp32, as `core.evaluate.report.build_report` calls it)
 run in these scenarios, one after another in one process:
 
 - alone: nothing else runs in the process (plain Python, as `python -m core bakeoff`);
@@ -16,7 +16,7 @@ run in these scenarios, one after another in one process:
   `runner.postScriptGC` on (its default: a full gc.collect(2) after every rerun) or off (.streamlit/config.toml
   now); `--poller gc`: a thread doing only gc.collect(2) every second (on) or nothing but a sleep (off).
 - latency "here" (in this process, the way it was measured before) or "child" (a clean child process,
-  core.latency.measure_in_child, the way it is now).
+  core.evaluate.latency.measure_in_child, the way it is now).
 
 The ratios are against "alone, latency in a child". The ingest and split are done once, untimed, and one
 untimed bake-off warms the weights files and imports first. On shared cores, other processes' bursts swamp
@@ -45,13 +45,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core import latency  # noqa: E402
-from core.backbones import load_backbone  # noqa: E402
-from core.bakeoff import BakeoffOptions, run_bakeoff  # noqa: E402
+from core.evaluate import latency  # noqa: E402
+from core.model.backbones import load_backbone  # noqa: E402
+from core.plan.bakeoff import BakeoffOptions, run_bakeoff  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
-from core.ingest import demo_dataset  # noqa: E402
-from core.model import TransferModel  # noqa: E402
-from core.runs import load_data  # noqa: E402
+from core.data.ingest import demo_dataset  # noqa: E402
+from core.model.transfer import TransferModel  # noqa: E402
+from core.runs.launch import load_data  # noqa: E402
 
 # (name, watched, postScriptGC, latency in a child)
 SCENARIOS = (

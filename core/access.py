@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from core.errors import StudioError
 
 PASSWORD_VAR = "TRANSFER_STUDIO_PASSWORD"
 ADMINS_VAR = "TRANSFER_STUDIO_ADMINS"
@@ -25,7 +26,7 @@ LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "::1")
 OWNERS_FILE = "owners.json"  # in the dataset store: dataset id -> owner
 
 
-class NotAllowed(PermissionError):
+class NotAllowed(StudioError, PermissionError):
     """The user may not do this to something another user owns."""
 
 
@@ -109,7 +110,7 @@ class DatasetOwners:
         return {k: [str(o) for o in v] for k, v in data.items() if isinstance(v, list)} if isinstance(data, dict) else {}
 
     def record(self, dataset_id: str, owner: str) -> None:
-        from .files import write_text
+        from core.files import write_text
 
         data = self._read()
         if owner not in data.get(dataset_id, []):

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any
+from core.errors import StudioError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "plateau", "constant")
@@ -20,14 +21,14 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 COMPILE_MODES = ("auto", "on", "off")
 BN_STATS = ("frozen", "trainable", "all")
-GROUP_BY = ("auto", "names", "embeddings", "none")  # core.related.GROUP_BY
+GROUP_BY = ("auto", "names", "embeddings", "none")  # core.data.related.GROUP_BY
 
 
 AUTO_VAL_EVERY = 100  # batches between validations in a long epoch
 AUTO_VAL_MIN_STEPS = 300  # an epoch this long (or longer) gets them: three or more points per epoch
 
 
-class ConfigError(ValueError):
+class ConfigError(StudioError, ValueError):
     """A configuration value is invalid; the message says which and what is allowed."""
 
 
@@ -100,7 +101,7 @@ class TrainConfig:
     monitor: str = "val_macro_f1"
     early_stopping_patience: int = 4  # epochs without a better monitored value; 0 turns it off
     # under 30 validation images per class, when validation cannot tell the best fine-tuning epoch from the
-    # probe (the paired interval spans 0), a K-fold check on train+val decides (core.crossval); 0: off
+    # probe (the paired interval spans 0), a K-fold check on train+val decides (core.train.crossval); 0: off
     crossval_folds: int = 3
     val_every_batches: int = -1  # also validate every N batches; 0: once per epoch; -1: auto (see val_interval)
     grad_stats: bool = True  # per layer group, gradient norm and update/weight ratio about 4 times an epoch
@@ -109,7 +110,7 @@ class TrainConfig:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     # --- data
     # related images (views of one object, one patient) kept in one split: "auto" infers them from file names
-    # and pretrained embeddings (core.related), "names", "embeddings", or "none" (only duplicates and the
+    # and pretrained embeddings (core.data.related), "names", "embeddings", or "none" (only duplicates and the
     # data's own groups, which always win)
     group_by: str = "auto"
     val_fraction: float = 0.15  # used only when the data has no val split

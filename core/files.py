@@ -4,17 +4,22 @@ writer are recognisable by name and cleaned up by the next owner of the folder.
 """
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 import errno
 import os
 import shutil
 import tempfile
 import time
 from typing import Callable
+from core.errors import StudioError
 
 TMP_PREFIX = ".tmp-"
 
 
-class DiskFull(OSError):
+class DiskFull(StudioError, OSError):
     """Not enough free space to write a file; the message says where, how much is free and how much is needed."""
 
     def __str__(self) -> str:  # the sentence only, without OSError's "[Errno 28]"
@@ -129,3 +134,14 @@ def _fsync_dir(folder: str) -> None:
         pass  # some filesystems cannot fsync a directory
     finally:
         os.close(fd)
+
+
+def jsonable(obj: Any) -> Any:
+    """NaN and infinities as null: strict JSON for other tools."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj

@@ -18,11 +18,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .access import DatasetOwners, User, may_see
-from .files import write_text
-from .ingest import DATASET_FILE
-from .store import RunNotFound, RunStore
-from .workspace import Workspace
+from core.access import DatasetOwners, User, may_see
+from core.files import write_text
+from core.data.ingest import DATASET_FILE
+from core.runs.store import RunNotFound, RunStore
+from core.workspace import Workspace
 
 USERS_DIR = "users"
 MAX_STATE_BYTES = 1_000_000  # a state file is a few KB; a larger one is not read (and not written)

@@ -1,6 +1,6 @@
 """The dashboard's workspace: one folder holding the dataset store, the run store and uploaded weights.
 
-`<root>/datasets/` is core.ingest's content-addressed store, `<root>/runs/` the RunStore, and
+`<root>/datasets/` is core.data.ingest's content-addressed store, `<root>/runs/` the RunStore, and
 `<root>/checkpoints/` the users' own uploaded weights. The root comes from TRANSFER_STUDIO_WORKSPACE
 (tests point it at a temporary folder), else `./workspace`.
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from core.errors import StudioError
 
 ENV_VAR = "TRANSFER_STUDIO_WORKSPACE"
 DATA_ROOTS_VAR = "TRANSFER_STUDIO_DATA_ROOTS"
 DEFAULT_ROOT = "workspace"
 
 
-class PathNotAllowed(PermissionError):
+class PathNotAllowed(StudioError, PermissionError):
     """A server path outside the folders this server lets the dashboard read."""
 
 

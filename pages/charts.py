@@ -1,6 +1,6 @@
 """Plotly figures for the pages, built from the tidy tables core returns (no Streamlit here). Figures of an
-evaluation (confusion matrix, reliability, baselines, robustness, costs) are core.figures: the HTML report
-draws them too. User strings (class names, run names) go through core.figures.plot_text, as there."""
+evaluation (confusion matrix, reliability, baselines, robustness, costs) are core.evaluate.figures: the HTML report
+draws them too. User strings (class names, run names) go through core.evaluate.figures.plot_text, as there."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.figures import plot_text, titled
+from core.evaluate import plot_text, titled
 
 FROZEN, TRAINABLE, HEAD = "#9aa5b1", "#2f7ed8", "#f28e2b"
 PALETTE = ("#2f7ed8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",

@@ -5,16 +5,9 @@ import os
 import pandas as pd
 import streamlit as st
 
-from core.compare import dataset_names
-from core.ingest import (
-    ARCHIVE_SUFFIXES,
-    IMAGE_SUFFIXES,
-    demo_dataset,
-    ingest,
-    list_datasets,
-    resolve_dataset,
-)
-from core.uploads import ingest_csv_upload
+from core.runs import dataset_names
+from core.data.ingest import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, demo_dataset, ingest, list_datasets, resolve_dataset
+from core.model import ingest_csv_upload
 from pages import charts, ui
 
 ui.through_app(__file__)

@@ -8,14 +8,14 @@ import os
 import pandas as pd
 import streamlit as st
 
-from core import figures
-from core.compare import FINISHED, dataset_names
-from core.corruptions import CORRUPTIONS, SEVERITIES
-from core.estimate import default_device
+from core.evaluate import figures
+from core.runs import FINISHED, dataset_names
+from core.evaluate import CORRUPTIONS, SEVERITIES
+from core.runtime import default_device
 from core.evaluate import cell_images, compare_evaluations, evaluate_run
-from core.impact import cost_model, error_costs
-from core.report import FINE_TUNED, EvaluationOptions, build_report, default_report_dir, deployment_rows, \
-    model_rows, progress_steps, stored_name, with_costs, write_report
+from core.evaluate import cost_model, error_costs
+from core.evaluate import (FINE_TUNED, EvaluationOptions, build_report, default_report_dir, deployment_rows,
+                           model_rows, progress_steps, stored_name, with_costs, write_report)
 from pages import ui
 
 ui.through_app(__file__)

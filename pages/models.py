@@ -1,24 +1,16 @@
 """1 · Models: the backbone catalog, license warnings, the candidates to try, a bake-off of them on the user's
-images (a background task: core.bakeoff through the process-wide TaskManager), and the user's own weights."""
+images (a background task: core.plan.bakeoff through the process-wide TaskManager), and the user's own weights."""
 import pandas as pd
 import streamlit as st
 
-from core.bakeoff import (
-    DEFAULT_MAX_IMAGES,
-    BakeoffError,
-    BakeoffOptions,
-    bakeoff,
-    parameters_text,
-    result_rows,
-    task_key,
-    with_random_floor,
-)
-from core.catalog import DEFAULT_MODEL, PARAMS_NOTE, list_catalog, resolve_entry
-from core.estimate import format_seconds
-from core.figures import bakeoff_figure
-from core.ingest import demo_dataset, list_datasets
-from core.licenses import license_warning
-from core.uploads import CHECKPOINT_SUFFIXES, add_checkpoint
+from core.plan.bakeoff import (DEFAULT_MAX_IMAGES, BakeoffError, BakeoffOptions, bakeoff, parameters_text,
+    result_rows, task_key, with_random_floor)
+from core.model import DEFAULT_MODEL, PARAMS_NOTE, list_catalog, resolve_entry
+from core.plan import format_seconds
+from core.evaluate import bakeoff_figure
+from core.data import demo_dataset, list_datasets
+from core.model import license_warning
+from core.model import CHECKPOINT_SUFFIXES, add_checkpoint
 from pages import ui
 
 ui.through_app(__file__)

@@ -5,15 +5,8 @@ import os
 
 import streamlit as st
 
-from core.compare import (
-    FINISHED,
-    RESUMABLE,
-    config_table,
-    dataset_names,
-    epoch_curves,
-    run_table,
-)
-from core.store import ACTIVE, MAX_NAME
+from core.runs import FINISHED, RESUMABLE, config_table, dataset_names, epoch_curves, run_table
+from core.runs import ACTIVE, MAX_NAME
 from pages import charts, ui
 
 ui.through_app(__file__)

@@ -25,10 +25,10 @@ import streamlit as st
 
 from core import sessions
 from core.access import AccessPolicy, DatasetOwners, User
-from core.catalog import DEFAULT_MODEL
+from core.model import DEFAULT_MODEL
 from core.config import AugmentSpec, TrainConfig
-from core.jobs import JobManager
-from core.tasks import BUGS, USER_ERRORS, TaskSnapshot
+from core.runs import JobManager
+from core.runs import BUGS, USER_ERRORS, TaskSnapshot
 from core.workspace import Workspace
 
 T = TypeVar("T")
@@ -407,7 +407,7 @@ def config_from_widgets(base: TrainConfig) -> TrainConfig:
 @st.cache_data(max_entries=8, show_spinner="Splitting and auditing the dataset (and looking for related images)…")
 def _overview(root: str, dataset_id: str, model: str, image_size: int | None, val_fraction: float,
               test_fraction: float, seed: int, group_by: str = "auto"):
-    from core.overview import dataset_overview
+    from core.plan import dataset_overview
 
     config = TrainConfig(model=model, image_size=image_size, val_fraction=val_fraction,
                          test_fraction=test_fraction, seed=seed, group_by=group_by)
@@ -437,9 +437,9 @@ def _estimate_inputs(overview) -> tuple[int, int, int, int]:
 
 
 def estimate(config: TrainConfig, overview):
-    """core.estimate.estimate_run for this config on the current dataset's split, at once: parameters and memory,
+    """core.plan.estimate.estimate_run for this config on the current dataset's split, at once: parameters and memory,
     and the time per epoch as far as this machine has timed this setup (timed only with a dataset)."""
-    from core.estimate import estimate_run
+    from core.plan import estimate_run
 
     return attempt("Estimating the run", estimate_run, config, *_estimate_inputs(overview),
                    measure=overview is not None, wait=False, busy=_busy(job_manager()))
@@ -448,7 +448,7 @@ def estimate(config: TrainConfig, overview):
 def refine_estimate(config: TrainConfig, overview, est) -> TaskSnapshot | None:
     """Time this setup in the background when `est` says a timing is due (never timed here, or only while the
     machine was busy and it is idle now); returns the timing task of this setup, if there is one."""
-    from core.estimate import estimate_run, setup_key
+    from core.plan import estimate_run, setup_key
 
     if overview is None or est is None:
         return None
@@ -489,7 +489,7 @@ def show_estimate(config: TrainConfig, overview, render: Callable[[Any, TaskSnap
 
 def timing_caption(timing: TaskSnapshot) -> str:
     """What the background timing is doing, for a caption."""
-    from core.estimate import format_seconds
+    from core.plan import format_seconds
 
     return (f"Timing a training step on this machine ({md_escape(timing.message)}, {format_seconds(timing.seconds)} "
             "so far); the settings stay usable meanwhile.")
@@ -498,7 +498,8 @@ def timing_caption(timing: TaskSnapshot) -> str:
 def may_start_another(key: str) -> bool:
     """Whether a run may start now: nothing trains on this machine, or the user ticked the box that says what
     sharing it costs (off by default: a second run is a deliberate choice)."""
-    from core.estimate import default_device, sharing_note
+    from core.plan import sharing_note
+    from core.runtime import default_device
 
     running = len(job_manager().active_jobs())  # every user's: they all share the machine
     if not running:
@@ -509,8 +510,8 @@ def may_start_another(key: str) -> bool:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def augmentation_grid(root: str, dataset_id: str, model: str, image_size: int | None, augment: dict):
-    from core.ingest import load_dataset
-    from core.overview import augmentation_preview
+    from core.data import load_dataset
+    from core.plan import augmentation_preview
 
     config = TrainConfig(model=model, image_size=image_size, augment=AugmentSpec.from_dict(augment))
     return augmentation_preview(load_dataset(root, dataset_id), config)
@@ -531,14 +532,14 @@ def show_augmentation_preview(config: TrainConfig) -> None:
 # --- the sidebar
 @st.cache_resource(show_spinner=False)
 def device_label() -> str:
-    from core.estimate import device_description
+    from core.runtime import machine_description
 
-    return device_description()
+    return machine_description()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def dataset_name(root: str, dataset_id: str) -> str:
-    from core.compare import dataset_names
+    from core.runs import dataset_names
 
     return dataset_names(root).get(dataset_id, dataset_id)
 
@@ -560,7 +561,7 @@ def sidebar(container) -> None:
 
 
 def _jobs_panel_view(polling: bool = False) -> None:
-    from core.estimate import format_seconds
+    from core.plan import format_seconds
 
     manager = job_manager()
     me = user()  # a user sees their own runs and tasks; an admin everyone's

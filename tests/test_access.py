@@ -6,8 +6,8 @@ import pytest
 import tomllib
 
 from core.access import AccessPolicy, DatasetOwners, NotAllowed, User, check_may_act, is_localhost, may_see
-from core.ingest import IngestError, demo_dataset, load_dataset_dir
-from core.jobs import JobManager
+from core.data.ingest import IngestError, demo_dataset, load_dataset_dir
+from core.runs.jobs import JobManager
 from core.workspace import PathNotAllowed, Workspace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from core.advisor import (TINY_PER_CLASS, Advice, advise_curves, advise_run, advise_setup, format_advice)
-from core.audit import IMBALANCE_WARN_RATIO, audit_dataset
+from core.train.advisor import TINY_PER_CLASS, Advice, advise_curves, advise_run, advise_setup, format_advice
+from core.data.audit import IMBALANCE_WARN_RATIO, audit_dataset
 from core.config import TrainConfig
-from core.suggest import suggest_settings
+from core.plan.suggest import suggest_settings
 
 CONFIG = TrainConfig(lr=1e-3).to_dict()  # round numbers in the advice below
 

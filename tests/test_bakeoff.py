@@ -3,18 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from core.bakeoff import (
-    BakeoffError,
-    BakeoffOptions,
-    BakeoffResult,
-    CandidateResult,
-    main,
-    recommend,
-    result_rows,
-    stratified_subset,
-    task_key,
-    with_random_floor,
-)
+from core.plan.bakeoff import (BakeoffError, BakeoffOptions, BakeoffResult, CandidateResult, recommend, result_rows,
+    task_key, with_random_floor)
+from core.cli.bakeoff import main
+from core.data.splits import stratified_subset
 
 
 def test_stratified_subset_keeps_class_shares_and_every_class():
@@ -71,17 +63,17 @@ def test_a_task_key_differs_with_the_data_and_every_option():
 
 
 def test_the_bakeoff_splits_the_data_as_the_configured_run_would(small_digits_dir, tmp_path, monkeypatch):
-    import core.bakeoff
-    import core.runs
+    import core.plan.bakeoff
+    import core.runs.launch
     from core.config import TrainConfig
 
     seen = []
-    original = core.runs.prepare_data
-    monkeypatch.setattr(core.runs, "prepare_data", lambda source, config, ws: seen.append(config) or
+    original = core.runs.launch.prepare_data
+    monkeypatch.setattr(core.runs.launch, "prepare_data", lambda source, config, ws: seen.append(config) or
                         original(source, config, ws))
-    monkeypatch.setattr(core.bakeoff, "run_bakeoff", lambda data, options, progress: data)
+    monkeypatch.setattr(core.plan.bakeoff, "run_bakeoff", lambda data, options, progress: data)
     options = BakeoffOptions(("efficientnet_lite0", "efficientnet_lite0:random"))
-    data = core.bakeoff.bakeoff(small_digits_dir, options, str(tmp_path), config=TrainConfig(val_fraction=0.3))
+    data = core.plan.bakeoff.bakeoff(small_digits_dir, options, str(tmp_path), config=TrainConfig(val_fraction=0.3))
     assert seen[0].val_fraction == 0.3 and len(data.val) > len(data.test)
 
 
@@ -130,7 +122,7 @@ def test_bakeoff_cli_ranks_pretrained_weights_above_random_ones(faces_dir, tmp_p
     first, second = result["candidates"]
     assert (first["name"], second["name"]) == ("efficientnet_lite0", "efficientnet_lite0:random")
     assert first["pretrained"] and not second["pretrained"] and second["weights_source"] == "random-init"
-    # 0.85, not 0.9: the three variants of each face (NNN_0/1/2.png) are now kept in one split (core.related),
+    # 0.85, not 0.9: the three variants of each face (NNN_0/1/2.png) are now kept in one split (core.data.related),
     # so no mirrored copy of a test face is trained on any more
     assert first["linear"]["accuracy"] > 0.85 and first["linear"]["accuracy"] > second["linear"]["accuracy"] + 0.05
     assert result["recommendation"] == "efficientnet_lite0"
@@ -154,7 +146,7 @@ def test_bakeoff_cli_refuses_bad_input_with_exit_2(small_digits_dir, tmp_path, c
 
 
 def test_every_phase_of_the_bakeoff_shows_in_order(small_digits_dir, tmp_path):
-    from core.bakeoff import bakeoff
+    from core.plan.bakeoff import bakeoff
 
     messages = []
     options = BakeoffOptions(("efficientnet_lite0", "efficientnet_lite0:random"), max_images=40, image_size=32,
@@ -176,7 +168,7 @@ def test_every_phase_of_the_bakeoff_shows_in_order(small_digits_dir, tmp_path):
 
 
 def test_the_parameters_say_which_count_is_which():
-    from core.bakeoff import parameters_text
+    from core.plan.bakeoff import parameters_text
 
     lite0 = _candidate("efficientnet_lite0", 0.92, (0.85, 0.97), 3_371_008)
     assert parameters_text(lite0) == "3.4 M parameters in the trunk (4.7 M with ImageNet's 1000-class head)"

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import load_backbone
-from core.baselines import LinearClassifier, heuristic, linear_probe, majority_class, train_from_scratch
+from core.model.backbones import load_backbone
+from core.evaluate.baselines import LinearClassifier, heuristic, linear_probe, majority_class, train_from_scratch
 from core.config import AugmentSpec, TrainConfig
-from core.data import build_cache
-from core.runs import load_data
+from core.model.cache import build_cache
+from core.runs.launch import load_data
 
 
 def test_majority_baseline_scores_the_largest_class_share():
@@ -56,7 +56,7 @@ def test_from_scratch_trains_the_architecture_with_the_runs_budget(digits_caches
                                      labels["val"], torch.device("cpu"))
     assert info["epochs_run"] == 2 and 1 <= info["best_epoch"] <= 2
     assert all(p.requires_grad for p in model.parameters())  # nothing frozen: there is nothing pretrained
-    from core.evaluate import predict_images
+    from core.evaluate.evaluation import predict_images
 
     probs = predict_images(model, pre, caches["test"])
     assert probs.shape == (len(labels["test"]), 10) and np.allclose(probs.sum(1), 1, atol=1e-5)

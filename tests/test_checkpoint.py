@@ -1,4 +1,4 @@
-"""core.checkpoint: damaged files are typed errors with the file's name; a full disk fails the run plainly."""
+"""core.model.checkpoint: damaged files are typed errors with the file's name; a full disk fails the run plainly."""
 import json
 import os
 import subprocess
@@ -7,10 +7,10 @@ import sys
 import pytest
 
 import core.files
-from core.checkpoint import CheckpointError, load_model, load_train_state
-from core.runs import start_run
-from core.store import RunStore
-from core.train import TrainingFailed
+from core.model.checkpoint import CheckpointError, load_model, load_train_state
+from core.runs.launch import start_run
+from core.runs.store import RunStore
+from core.train.loop import TrainingFailed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

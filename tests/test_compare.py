@@ -1,6 +1,6 @@
-from core.compare import config_table, epoch_curves, flat_config, run_table, status_of
+from core.runs.compare import config_table, epoch_curves, flat_config, run_table, status_of
 from core.config import TrainConfig
-from core.store import RunStore
+from core.runs.store import RunStore
 
 
 def make_run(store: RunStore, status: str, **config) -> str:

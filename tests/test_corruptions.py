@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.corruptions import CORRUPTIONS, SEVERITIES, CorruptionError, corrupt
+from core.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptionError, corrupt
 
 
 def _images() -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""core.crossval: the K-fold second opinion a small, undecided validation split gets; folds keep groups whole."""
+"""core.train.crossval: the K-fold second opinion a small, undecided validation split gets; folds keep groups whole."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.crossval import crossval_check, fold_of
-from core.events import Note
-from core.runs import load_data, start_run
+from core.train.crossval import crossval_check, fold_of
+from core.train.events import Note
+from core.runs.launch import load_data, start_run
 
 
 def test_folds_are_stratified_and_keep_groups_whole():
@@ -31,14 +31,14 @@ def test_the_check_predicts_every_pool_image_once_and_cleans_up(tmp_path, small_
 
 def test_an_undecided_small_validation_split_gets_a_cross_validated_check(tmp_path, small_digits_dir, tiny_config,
                                                                           monkeypatch):
-    import core.outcome
-    import core.train
+    import core.train.outcome
+    import core.train.loop
 
     def undecided(split, *args, **kwargs):  # validation that cannot tell the two apart
-        c = core.outcome.compare(split, *args, **kwargs)
-        return core.outcome.Comparison(c.split, c.n, c.model, c.probe, 0.0, (-0.1, 0.1))
+        c = core.train.outcome.compare(split, *args, **kwargs)
+        return core.train.outcome.Comparison(c.split, c.n, c.model, c.probe, 0.0, (-0.1, 0.1))
 
-    monkeypatch.setattr(core.train, "compare", undecided)
+    monkeypatch.setattr(core.train.loop, "compare", undecided)
     notes: list[str] = []
     summary = start_run(tiny_config.replace(crossval_folds=2), small_digits_dir, str(tmp_path),
                         [lambda e: notes.append(e.message) if isinstance(e, Note) else None])

@@ -1,4 +1,4 @@
-from core.curves import run_curves, steps_per_epoch
+from core.runs.curves import run_curves, steps_per_epoch
 
 
 def test_steps_and_epochs_share_one_epoch_axis():

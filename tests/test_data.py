@@ -1,8 +1,10 @@
 import torch
 
-from core.data import BatchSource, cache_bytes, from_manifest
-from core.preprocess import PreprocessSpec
-from core.runs import prepare_data, start_run
+from core.train.batches import BatchSource
+from core.model.cache import cache_bytes
+from core.data.split_data import from_manifest
+from core.model.preprocess import PreprocessSpec
+from core.runs.launch import prepare_data, start_run
 
 PRE = PreprocessSpec(input_size=32, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -1,12 +1,6 @@
 from core.config import TrainConfig
-from core.data import cache_bytes
-from core.estimate import (
-    estimate_run,
-    format_bytes,
-    format_seconds,
-    layer_groups,
-    preprocess_for,
-)
+from core.model.cache import cache_bytes
+from core.plan.estimate import estimate_run, format_bytes, format_seconds, layer_groups, preprocess_for
 
 
 def test_the_estimate_counts_parameters_memory_and_times_an_epoch():
@@ -37,7 +31,7 @@ def test_formatting():
 
 
 def test_a_timing_taken_under_load_is_marked_and_measured_again_once_the_machine_is_idle(monkeypatch):
-    import core.estimate as estimate
+    import core.plan.estimate as estimate
 
     load = {"now": 4.0}  # per core: a busy machine
     per_image = {4.0: 0.039, 0.1: 0.004}  # the same step, measured busy and idle
@@ -71,7 +65,7 @@ def test_a_timing_taken_under_load_is_marked_and_measured_again_once_the_machine
 
 
 def test_the_caller_knowing_of_training_makes_a_timing_busy(monkeypatch):
-    import core.estimate as estimate
+    import core.plan.estimate as estimate
 
     monkeypatch.setattr(estimate, "machine_load", lambda: None)  # an OS without a load average
     monkeypatch.setattr(estimate, "_measure", lambda *key: (0.01, 0.003, 100))
@@ -83,7 +77,7 @@ def test_the_caller_knowing_of_training_makes_a_timing_busy(monkeypatch):
 
 
 def test_sharing_the_machine_states_its_cost():
-    from core.estimate import sharing_note
+    from core.plan.estimate import sharing_note
 
     assert "half of the CPU" in sharing_note(1, "cpu") and "2 times as long" in sharing_note(1, "cpu")
     assert "a third of the GPU" in sharing_note(2, "cuda") and "3 times as long" in sharing_note(2, "cuda")

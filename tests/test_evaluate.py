@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
-from core.checkpoint import load_model
-from core.evaluate import EvaluationError, Predictions, evaluate_run, predict, summarize
-from core.runs import run_inputs, start_run
-from core.store import RunStore
+from core.model.checkpoint import load_model
+from core.evaluate.evaluation import EvaluationError, Predictions, evaluate_run, predict, summarize
+from core.runs.launch import run_inputs, start_run
+from core.runs.store import RunStore
 
 
 def test_summary_agrees_with_scikit_learn_on_fixed_predictions():
@@ -95,7 +95,7 @@ def _fixed_predictions(n: int = 120, c: int = 4, seed: int = 2, paths: tuple[str
 
 
 def test_the_images_behind_each_confusion_cell_add_up_to_its_count():
-    from core.evaluate import cell_images
+    from core.evaluate.evaluation import cell_images
 
     pred = _fixed_predictions()
     ev = summarize(pred)
@@ -121,7 +121,7 @@ def test_the_images_behind_each_confusion_cell_add_up_to_its_count():
 
 
 def test_two_runs_on_the_same_images_get_a_paired_test_whatever_their_order():
-    from core.evaluate import compare_evaluations
+    from core.evaluate.evaluation import compare_evaluations
     from core.stats import mcnemar
 
     a_pred = _fixed_predictions(seed=3)
@@ -141,7 +141,7 @@ def test_two_runs_on_the_same_images_get_a_paired_test_whatever_their_order():
 
 
 def test_runs_on_different_images_or_classes_are_compared_without_a_paired_test():
-    from core.evaluate import compare_evaluations
+    from core.evaluate.evaluation import compare_evaluations
 
     a = summarize(_fixed_predictions(seed=5), "run-a")
     other_images = _fixed_predictions(seed=6, paths=tuple(f"other{i}.png" for i in range(100)) +
@@ -158,7 +158,7 @@ def test_runs_on_different_images_or_classes_are_compared_without_a_paired_test(
 def test_two_runs_that_both_kept_the_same_probe_are_said_to_be_the_same_model():
     import dataclasses
 
-    from core.evaluate import compare_evaluations
+    from core.evaluate.evaluation import compare_evaluations
 
     pred = _fixed_predictions(seed=7)
     a, b = (dataclasses.replace(summarize(pred, run), kept="linear probe") for run in ("run-a", "run-b"))

@@ -3,8 +3,8 @@ read back as the cell that was clicked."""
 import numpy as np
 import pytest
 
-from core import figures
-from core.evaluate import Predictions, summarize
+from core.evaluate import figures
+from core.evaluate.evaluation import Predictions, summarize
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_reliability_and_per_class_figures_hold_the_evaluation(evaluation):
 
 
 def test_costs_figure_shows_each_models_cost_with_its_interval():
-    from core.impact import CostModel, error_costs
+    from core.evaluate.costs import CostModel, error_costs
 
     y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
     costs = error_costs(y, {"a": y, "b": 1 - y}, ("ok", "defect"), CostModel(monthly_volume=100, error_cost=3))
@@ -81,7 +81,7 @@ def test_an_exported_figure_carries_real_colours_even_where_streamlit_set_its_te
 def test_titles_sit_above_the_plot_clear_of_the_hover_toolbar(evaluation):
     import pandas as pd
 
-    from core.impact import CostModel, error_costs
+    from core.evaluate.costs import CostModel, error_costs
     from pages import charts
 
     y = np.array([0, 1, 1, 0])

@@ -1,9 +1,9 @@
-"""core.gradients: per-group gradient norm and update/weight ratio; zero where frozen, and read into advice."""
+"""core.train.gradients: per-group gradient norm and update/weight ratio; zero where frozen, and read into advice."""
 from __future__ import annotations
 
-from core.events import GradientStats
-from core.gradients import adaptation_summary, mean_rates
-from core.runs import start_run
+from core.train.events import GradientStats
+from core.train.gradients import adaptation_summary, mean_rates
+from core.runs.launch import start_run
 
 
 def test_frozen_groups_have_no_gradient_and_trained_ones_move(tmp_path, small_digits_dir, tiny_config):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, export_digits
-from core import figures
-from core.evaluate import Predictions, summarize
-from core.runs import start_run
-from core.store import RunStore
+from core.evaluate import figures
+from core.evaluate.evaluation import Predictions, summarize
+from core.runs.launch import start_run
+from core.runs.store import RunStore
 from core.workspace import ENV_VAR, Workspace
 from pages import charts, ui
 from test_pages import TINY, open_page, shown
@@ -196,7 +196,7 @@ def evaluation():
 
 
 def test_plotly_figures_draw_user_strings_as_text(evaluation):
-    from core.impact import CostModel, error_costs
+    from core.evaluate.costs import CostModel, error_costs
 
     y = np.array([0, 1, 1, 0])
     costs = error_costs(y, {"a": y}, ("ok", "defect"), CostModel(monthly_volume=10, error_cost=1))
@@ -240,7 +240,7 @@ class _Markup(HTMLParser):
 
 
 def test_the_html_report_shows_class_and_file_names_as_text(hostile):
-    from core.report import EvaluationOptions, build_report, render_html
+    from core.evaluate.report import EvaluationOptions, build_report, render_html
 
     ws, run = hostile
     report = build_report(ws.runs_dir, run["id"], EvaluationOptions(device="cpu", baselines=False, corruptions=(),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.impact import CostError, CostModel, error_costs, parse_class_costs
+from core.evaluate.costs import CostError, CostModel, error_costs, parse_class_costs
 
 
 def test_error_costs_price_each_confusion_and_scale_to_the_month():
@@ -33,7 +33,7 @@ def test_cost_parsing_and_unknown_classes():
 
 
 def test_a_cost_model_from_typed_text_refuses_negative_or_unknown_values():
-    from core.impact import cost_model
+    from core.evaluate.costs import cost_model
 
     m = cost_model(500, 1.0, "2,defect=5", "defect=100", " EUR ")
     assert m == CostModel(500.0, 1.0, {"defect": 5.0}, {"defect": 100.0}, 2.0, 0.0, "EUR")

@@ -1,4 +1,4 @@
-"""core.ingest: layouts, safe extraction, limits, refusals, the content-addressed store, load_rgb."""
+"""core.data.ingest: layouts, safe extraction, limits, refusals, the content-addressed store, load_rgb."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import ingest as ingest_mod
-from core.ingest import (Dataset, ImageError, IngestError, IngestLimits, demo_dataset, ingest,
-                         list_datasets, load_dataset, load_rgb, safe_relative_path)
+from core.data import ingest as ingest_mod
+from core.data.ingest import (Dataset, ImageError, IngestError, IngestLimits, demo_dataset, ingest, list_datasets,
+    load_dataset, load_rgb, safe_relative_path)
 
 
 def png_bytes(seed: int, size: int = 16, mode: str = "RGB") -> bytes:
@@ -467,7 +467,7 @@ def test_a_process_pool_gives_the_same_dataset(tmp_path):
 
 class StagingMeter:
     """What ingest does through open(): bytes written (and the most held on disk at once) and bytes read
-    back from each file it opens for reading. Installed as core.ingest's `open`, so it sees every member
+    back from each file it opens for reading. Installed as core.data.ingest's `open`, so it sees every member
     extraction writes and every byte a tar is read from."""
 
     def __init__(self):
@@ -628,7 +628,7 @@ def test_a_genuine_archive_of_images_still_ingests_under_the_bomb_limits(tmp_pat
 
 
 def test_what_a_killed_ingest_left_is_cleaned_up_by_the_next_one(tmp_path):
-    from core.ingest import clean_stale_staging
+    from core.data.ingest import clean_stale_staging
 
     datasets = tmp_path / "datasets"
     old, fresh = datasets / ".staging-old", datasets / ".staging-fresh"

@@ -2,7 +2,7 @@ import os
 import threading
 import time
 
-from core.jobs import JobManager
+from core.runs.jobs import JobManager
 
 
 def test_job_runs_in_background_and_two_threads_read_consistent_snapshots(small_digits_dir, tiny_config, tmp_path):
@@ -67,7 +67,7 @@ def test_stop_is_cooperative_and_the_run_can_be_resumed(small_digits_dir, tiny_c
 
 def test_a_crashing_job_shows_its_error(small_digits_dir, tiny_config, tmp_path):
     """A file that vanishes from the dataset store after the run was set up fails the worker, clearly."""
-    from core.runs import prepare_data
+    from core.runs.launch import prepare_data
 
     manifest = prepare_data(small_digits_dir, tiny_config, str(tmp_path))
     victim = manifest.path_of(manifest.rows_for("val")[0])
@@ -85,7 +85,7 @@ def test_only_the_owner_or_an_admin_names_tags_and_deletes_a_run_and_never_a_tra
     import pytest
 
     from core.access import NotAllowed, User
-    from core.store import RunBusy, RunNotFound
+    from core.runs.store import RunBusy, RunNotFound
 
     manager = JobManager(str(tmp_path))
     ann, bob, admin = User("ann"), User("bob"), User("root", True)

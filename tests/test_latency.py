@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.latency import count_parameters, deployment_profile, measure_latency
+from core.evaluate.latency import count_parameters, deployment_profile, measure_latency
 
 
 def test_latency_and_memory_are_measured_and_consistent(tmp_path):
@@ -25,7 +25,7 @@ def _tiny():
 
 
 def test_latency_is_timed_in_a_clean_child_process_and_says_so(tmp_path):
-    from core.latency import CHILD, measure_in_child, save_for_timing
+    from core.evaluate.latency import CHILD, measure_in_child, save_for_timing
 
     messages = []
     jobs = [save_for_timing(_tiny(), str(tmp_path), "tiny", 16), save_for_timing(_tiny(), str(tmp_path), "tiny2", 24)]
@@ -48,7 +48,7 @@ def test_latency_is_timed_in_a_clean_child_process_and_says_so(tmp_path):
 def test_without_a_child_the_latency_is_timed_here_and_labelled_a_fallback(monkeypatch):
     import threading
 
-    from core import latency
+    from core.evaluate import latency
 
     monkeypatch.setattr(latency.sys, "executable", "/nonexistent/python")
     release = threading.Event()
@@ -64,7 +64,7 @@ def test_without_a_child_the_latency_is_timed_here_and_labelled_a_fallback(monke
 
 
 def test_a_model_that_cannot_be_pickled_is_timed_here_and_says_why(tmp_path):
-    from core.latency import measure_in_child, save_for_timing
+    from core.evaluate.latency import measure_in_child, save_for_timing
 
     class Local(torch.nn.Module):  # defined in a function: pickle cannot find it by name
         def forward(self, x):
@@ -77,7 +77,7 @@ def test_a_model_that_cannot_be_pickled_is_timed_here_and_says_why(tmp_path):
 
 
 def test_the_conditions_of_several_profiles_read_as_one_line():
-    from core.latency import CHILD, LatencyProfile, shared_conditions
+    from core.evaluate.latency import CHILD, LatencyProfile, shared_conditions
 
     def profile(size, others):
         return LatencyProfile("cpu (x, 2 threads)", "bf16", size, 32, 1.0, 0.5, 2000.0, 10.0, "rss", 0.4, 2, 2,
@@ -91,7 +91,7 @@ def test_the_conditions_of_several_profiles_read_as_one_line():
 
 
 def test_a_child_started_ahead_times_the_models_it_is_given_later(tmp_path):
-    from core.latency import CHILD, LatencyChild, measure_in_child, save_for_timing
+    from core.evaluate.latency import CHILD, LatencyChild, measure_in_child, save_for_timing
 
     with LatencyChild() as child:  # importing while the caller works
         job = save_for_timing(_tiny(), str(tmp_path), "tiny", 16)
@@ -104,7 +104,7 @@ def test_a_child_started_ahead_times_the_models_it_is_given_later(tmp_path):
 
 
 def test_a_child_that_runs_past_its_limit_is_stopped_and_the_fallback_says_so(tmp_path):
-    from core.latency import measure_in_child, save_for_timing
+    from core.evaluate.latency import measure_in_child, save_for_timing
 
     job = save_for_timing(_tiny(), str(tmp_path), "tiny", 16)
     (profile,) = measure_in_child([job], batch_size=2, budget_s=0.02, timeout_s=0.3)  # it cannot even import torch

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core.losses import FocalLoss, class_weights, make_loss
-from core.schedules import lr_multiplier
+from core.train.losses import FocalLoss, class_weights, make_loss
+from core.train.schedules import lr_multiplier
 
 
 def test_focal_with_gamma_zero_is_cross_entropy_and_down_weights_easy_examples():

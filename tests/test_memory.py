@@ -3,16 +3,16 @@ retried in micro-batches that keep the effective batch; below the minimum, the r
 import pytest
 import torch
 
-import core.train
-from core.events import Note
-from core.runs import start_run
-from core.store import RunStore
-from core.train import MIN_MICRO_BATCH, TrainingFailed, _parts, check_memory, is_out_of_memory
+import core.train.loop
+from core.train.events import Note
+from core.runs.launch import start_run
+from core.runs.store import RunStore
+from core.train.loop import MIN_MICRO_BATCH, TrainingFailed, _parts, check_memory, is_out_of_memory
 
 
 def _oom_above(monkeypatch, limit: int, message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"):
     """The training forward raises the allocator's error for batches above `limit` images."""
-    original = core.train._maybe_compile
+    original = core.train.loop._maybe_compile
 
     def compile_(model, *args):
         forward = original(model, *args)
@@ -23,7 +23,7 @@ def _oom_above(monkeypatch, limit: int, message: str = "CUDA out of memory. Trie
             return forward(x)
         return guarded
 
-    monkeypatch.setattr(core.train, "_maybe_compile", compile_)
+    monkeypatch.setattr(core.train.loop, "_maybe_compile", compile_)
 
 
 def test_micro_batches_cover_the_batch_once():
@@ -63,7 +63,7 @@ def test_out_of_memory_below_the_minimum_batch_fails_with_advice(small_digits_di
 
 def test_a_configuration_that_cannot_fit_is_refused_before_training(small_digits_dir, tiny_config, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setattr(core.train, "free_memory", lambda device: 50 * 2**20)  # 50 MB free
+    monkeypatch.setattr(core.train.loop, "free_memory", lambda device: 50 * 2**20)  # 50 MB free
     with pytest.raises(TrainingFailed, match=r"needs about .* and 50\.0 MB is free") as info:
         start_run(tiny_config.replace(image_size=224, batch_size=256, freeze_ratio=0.0), small_digits_dir,
                   str(tmp_path))
@@ -74,9 +74,9 @@ def test_a_configuration_that_cannot_fit_is_refused_before_training(small_digits
 
 
 def test_the_estimate_names_a_batch_that_fits():
-    from core.backbones import load_backbone
+    from core.model.backbones import load_backbone
     from core.config import TrainConfig
-    from core.model import TransferModel
+    from core.model.transfer import TransferModel
 
     backbone = load_backbone("efficientnet_lite0", pretrained=False)
     model = TransferModel(backbone, 3, 0, 0, 0.0)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.backbones import load_backbone
-from core.model import TransferModel, frozen_group_count
+from core.model.backbones import load_backbone
+from core.model.transfer import TransferModel, frozen_group_count
 
 
 @pytest.fixture(scope="module")

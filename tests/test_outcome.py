@@ -1,9 +1,9 @@
-"""core.outcome: the kept model against the probe, paired on the same images, and the keep-or-not rule."""
+"""core.train.outcome: the kept model against the probe, paired on the same images, and the keep-or-not rule."""
 from __future__ import annotations
 
 import numpy as np
 
-from core.outcome import FINE_TUNED, PROBE, Outcome, choose, compare
+from core.train.outcome import FINE_TUNED, PROBE, Outcome, choose, compare
 
 
 def test_a_paired_difference_is_tighter_than_two_separate_scores():

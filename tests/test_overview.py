@@ -2,9 +2,9 @@ import os
 import shutil
 
 from core.config import TrainConfig
-from core.ingest import resolve_dataset
-from core.overview import augmentation_preview, dataset_overview
-from core.runs import prepare_data
+from core.data.ingest import resolve_dataset
+from core.plan.overview import augmentation_preview, dataset_overview
+from core.runs.launch import prepare_data
 
 
 def test_the_overview_splits_like_a_run_and_shows_examples_and_leaks(small_digits_dir, tmp_path):

@@ -3,7 +3,6 @@ import pytest
 from streamlit import config as st_config
 
 from core.access import PASSWORD_VAR, ADMINS_VAR
-from core.workspace import ENV_VAR
 from pages import ui
 from test_pages import finished, finished_run, open_page, shown, texts, workspace  # noqa: F401 (fixtures)
 

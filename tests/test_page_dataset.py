@@ -61,7 +61,7 @@ def test_the_audit_names_no_function_and_says_what_the_colour_statistics_mean(wo
     shutil.copy(data / "train" / "0" / first, data / "val" / "0" / "copy.png")  # the same image in train and val
     at = ingest_path(open_page(PAGE), str(data))
     assert not at.exception
-    # the audit's findings, each shown as "**code**: message *Fix:* ..." (the split's own warnings are core.splits')
+    # the audit's findings, each shown as "**code**: message *Fix:* ..." (the split's own warnings are core.data.splits')
     findings = " ".join(shown(x.value) for x in (*at.info, *at.warning, *at.error) if x.value.startswith("**"))
     assert "**split leakage**" in findings, "the copy across splits is found"
     assert not re.search(r"\b[a-z]+_[a-z_]+\(", findings), "a Python call in the UI"

@@ -13,9 +13,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from core.evaluate import evaluate_run
-from core.runs import start_run
-from core.store import RunStore
+from core.evaluate.evaluation import evaluate_run
+from core.runs.launch import start_run
+from core.runs.store import RunStore
 from core.workspace import ENV_VAR, Workspace
 from pages import ui
 from test_pages import TINY, assert_clean, open_page, shown, texts
@@ -289,8 +289,8 @@ def test_a_result_equal_to_the_probe_is_not_shown_as_a_gain(ws, monkeypatch):
     """A delta of +0.0% was green: no gain is neutral grey, and a missing baseline shows no delta at all."""
     import streamlit as st
 
-    import core.evaluate
-    from core.jobs import JobManager
+    import core.evaluate.evaluation
+    from core.runs.jobs import JobManager
 
     workspace, ids = ws
     listed = JobManager.visible_runs
@@ -299,14 +299,14 @@ def test_a_result_equal_to_the_probe_is_not_shown_as_a_gain(ws, monkeypatch):
         return [{**r, "summary": {**(r.get("summary") or {}), "outcome": {"kept": "fine-tuned"}}}
                 for r in listed(self, user)]
 
-    real = core.evaluate.evaluate_run
+    real = core.evaluate.evaluation.evaluate_run
 
     def level_with_the_probe(runs_dir, run_id, split="test", device="cpu"):
         ev = real(runs_dir, run_id, split, device)
         return dataclasses.replace(ev, baseline={"test_accuracy": ev.metrics["accuracy"] + 0.0001,
                                                  "test_macro_f1": ev.metrics["macro_f1"] - 0.05})
     monkeypatch.setattr(JobManager, "visible_runs", fine_tuned)
-    monkeypatch.setattr(core.evaluate, "evaluate_run", level_with_the_probe)
+    monkeypatch.setattr(core.evaluate.evaluation, "evaluate_run", level_with_the_probe)
     st.cache_data.clear()
     try:
         at = open_page(PAGE, {ui.RUN: ids["a"]})
@@ -333,7 +333,7 @@ def test_the_per_class_table_has_room_for_every_column(ws):
 def test_a_drift_folder_is_stored_only_when_asked_and_named_after_its_folder(ws, small_digits_dir, tmp_path):
     from PIL import Image
 
-    from core.compare import dataset_names
+    from core.runs.compare import dataset_names
 
     workspace, ids = ws
     folder = tmp_path / "field-photos" / "test"

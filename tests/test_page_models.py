@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.ingest import resolve_dataset
+from core.data.ingest import resolve_dataset
 from pages import ui
 from tests.test_pages import assert_clean, open_page, shown, texts, workspace  # noqa: F401 (a fixture)
 

@@ -13,9 +13,9 @@ from safetensors.torch import save as save_bytes
 from streamlit.testing.v1 import AppTest
 
 from core.config import AugmentSpec, TrainConfig
-from core.ingest import resolve_dataset
-from core.runs import start_run
-from core.store import RunStore
+from core.data.ingest import resolve_dataset
+from core.runs.launch import start_run
+from core.runs.store import RunStore
 from core.workspace import ENV_VAR, Workspace
 from pages import ui
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from core.config import TrainConfig
-from core.runs import start_run
+from core.runs.launch import start_run
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0])
 from benchmarks.devsets import parts  # noqa: E402

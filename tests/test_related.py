@@ -1,13 +1,12 @@
-"""core.related: related images (views of one object) found by file names and by embeddings, kept in one split."""
+"""core.data.related: related images (views of one object) found by file names and by embeddings, kept in one split."""
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
 from core.config import TrainConfig
-from core.ingest import ingest
-from core.related import NONE, embedding_groups, find_related, name_groups
-from core.runs import prepare_data
+from core.data.related import NONE, embedding_groups, find_related, name_groups
+from core.runs.launch import prepare_data
 
 
 def test_names_sharing_a_stem_form_groups():

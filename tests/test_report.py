@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from core.config import AugmentSpec, TrainConfig
-from core.evaluate import evaluate_run, main as evaluate_main
-from core.impact import CostModel
-from core.report import EvaluationOptions, build_report, jsonable, progress_steps, with_costs, write_report
-from core.runs import run_inputs, start_run
-from core.store import RunStore
+from core.evaluate.evaluation import evaluate_run
+from core.cli.evaluate import main as evaluate_main
+from core.evaluate.costs import CostModel
+from core.evaluate.report import EvaluationOptions, build_report, progress_steps, with_costs, write_report
+from core.files import jsonable
+from core.runs.launch import run_inputs, start_run
+from core.runs.store import RunStore
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,7 @@ def test_evaluate_cli_prints_json_last_and_refuses_bad_input(finished_run, tmp_p
 
 
 def test_a_failed_export_leaves_no_file_behind(finished_run, tmp_path, monkeypatch):
-    import core.report
+    import core.evaluate.report
 
     runs, summary = finished_run
     report = build_report(runs, summary["run_id"], EvaluationOptions(device="cpu", baselines=False, corruptions=(),
@@ -154,11 +156,11 @@ def test_a_failed_export_leaves_no_file_behind(finished_run, tmp_path, monkeypat
 
     def broken(rows):
         raise OSError("disk full")
-    monkeypatch.setattr(core.report, "metric_rows", broken)
+    monkeypatch.setattr(core.evaluate.report, "metric_rows", broken)
     with pytest.raises(OSError, match="disk full"):
         write_report(report, str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
-    monkeypatch.setattr(core.report, "_write_atomically", lambda path, text: (_ for _ in ()).throw(OSError("full")))
+    monkeypatch.setattr(core.evaluate.report, "_write_atomically", lambda path, text: (_ for _ in ()).throw(OSError("full")))
     with pytest.raises(OSError):
         write_report(report, str(tmp_path / "old"))
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before, "the old report is intact"
@@ -180,8 +182,8 @@ def test_options_that_cannot_work_are_refused_before_anything_runs(options, mess
 def test_a_drift_folder_is_stored_under_its_parents_name_not_as_test(finished_run, small_digits_dir, tmp_path):
     from PIL import Image
 
-    from core.compare import dataset_names
-    from core.report import stored_name
+    from core.runs.compare import dataset_names
+    from core.evaluate.report import stored_name
 
     runs, summary = finished_run
     folder = tmp_path / "flowers" / "test"

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from core.config import AugmentSpec, TrainConfig
-from core.impact import CostModel
-from core.report import EvaluationOptions, build_report, write_report
-from core.runs import start_run
+from core.evaluate.costs import CostModel
+from core.evaluate.report import EvaluationOptions, build_report, write_report
+from core.runs.launch import start_run
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.store import RunStore
+from core.runs.store import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["epochs=3", "image_size=32", "batch_size=16", "early_stopping_patience=0", "augment.hflip=false",
@@ -21,8 +21,8 @@ SETTINGS = ["epochs=3", "image_size=32", "batch_size=16", "early_stopping_patien
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from core.config import TrainConfig
-    from core.events import BatchEnd
-    from core.runs import start_run
+    from core.train.events import BatchEnd
+    from core.runs.launch import start_run
     data, runs_dir, epoch, batch, *settings = sys.argv[1:]
     def kill(event):
         if isinstance(event, BatchEnd) and event.epoch == int(epoch) - 1 and event.batch == int(batch):

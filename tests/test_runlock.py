@@ -1,15 +1,15 @@
-"""core.runlock: one trainer per run, and a run whose trainer is gone is called interrupted, not running."""
+"""core.runs.runlock: one trainer per run, and a run whose trainer is gone is called interrupted, not running."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from core.compare import status_of
-from core.jobs import JobManager
-from core.runlock import RunLock, RunLocked, is_trained_now
-from core.runs import resume_run
-from core.store import RunStore
+from core.runs.compare import status_of
+from core.runs.jobs import JobManager
+from core.runs.runlock import RunLock, RunLocked, is_trained_now
+from core.runs.launch import resume_run
+from core.runs.store import RunStore
 
 
 def _running_run(tmp_path) -> tuple[RunStore, str]:
@@ -29,7 +29,7 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
 
 
 def test_a_dead_process_leaves_the_lock_free(tmp_path):
-    code = f"from core.runlock import RunLock; import os; RunLock({str(tmp_path)!r}).acquire(); os._exit(9)"
+    code = f"from core.runs.runlock import RunLock; import os; RunLock({str(tmp_path)!r}).acquire(); os._exit(9)"
     assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__))).returncode == 9
     assert not is_trained_now(str(tmp_path))  # the kernel dropped it with the process
 

@@ -3,7 +3,7 @@ import os
 
 from core import sessions
 from core.access import DatasetOwners, User
-from core.store import RunStore
+from core.runs.store import RunStore
 
 
 def test_each_user_has_one_file_inside_the_users_folder_whatever_the_name(tmp_path):

@@ -1,4 +1,4 @@
-"""core.splits: stratified, seeded, leak-free splits; given splits respected; manifest files."""
+"""core.data.splits: stratified, seeded, leak-free splits; given splits respected; manifest files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.audit import audit_dataset
-from core.ingest import ingest
-from core.splits import Manifest, SplitError, read_manifest, split_dataset, write_manifest
+from core.data.audit import audit_dataset
+from core.data.ingest import ingest
+from core.data.splits import Manifest, SplitError, read_manifest, split_dataset, write_manifest
 
 
 def smooth_image(seed: int, size: int = 16) -> Image.Image:

@@ -10,12 +10,12 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import core.estimate as estimate
+import core.plan.estimate as estimate
 from core import sessions
 from core.access import PASSWORD_VAR, DatasetOwners
-from core.ingest import resolve_dataset
-from core.runlock import RunLock
-from core.store import RunStore
+from core.data.ingest import resolve_dataset
+from core.runs.runlock import RunLock
+from core.runs.store import RunStore
 from pages import ui
 from test_pages import APP, TINY, assert_clean, open_page, texts, workspace  # noqa: F401 (a fixture)
 

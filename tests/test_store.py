@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from core.store import RunNotFound, RunStore
+from core.runs.store import RunNotFound, RunStore
 
 
 def test_store_uses_wal_and_round_trips_runs_and_metrics(tmp_path):
@@ -43,8 +43,8 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 def test_runs_are_named_tagged_and_deleted_with_their_folder_and_metrics(tmp_path):
     import os
 
-    from core.store import RunBusy
-    from core.runlock import RunLock
+    from core.runs.store import RunBusy
+    from core.runs.runlock import RunLock
 
     store = RunStore(str(tmp_path))
     run_id = store.create_run({"model": "m"}, {})
@@ -82,7 +82,7 @@ def test_a_delete_cut_short_leaves_the_run_gone_and_the_next_purge_finishes_it(t
     store = RunStore(str(tmp_path))
     run_id = store.create_run({"model": "m"}, {})
     store.update_run(run_id, status="completed")
-    monkeypatch.setattr("core.store.shutil.rmtree", lambda *a, **k: None)  # the files could not be removed
+    monkeypatch.setattr("core.runs.store.shutil.rmtree", lambda *a, **k: None)  # the files could not be removed
     with pytest.raises(OSError, match="remove it by hand"):
         store.delete_run(run_id)
     assert store.list_runs() == [] and os.path.isdir(store.run_dir(run_id)), "marked deleted first"

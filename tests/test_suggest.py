@@ -2,10 +2,10 @@ import dataclasses
 
 import pytest
 
-from core.audit import audit_dataset
+from core.data.audit import audit_dataset
 from core.config import TrainConfig
-from core.licenses import license_warning
-from core.suggest import quick_start, suggest_settings
+from core.model.licenses import license_warning
+from core.plan.suggest import quick_start, suggest_settings
 
 
 @pytest.fixture(scope="module")

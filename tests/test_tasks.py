@@ -1,6 +1,6 @@
 import threading
 
-from core.tasks import TaskManager
+from core.runs.tasks import TaskManager
 
 
 def test_a_task_runs_in_the_background_reports_progress_and_returns_its_result():
@@ -43,7 +43,7 @@ def test_user_errors_keep_their_message_and_bugs_say_they_are_bugs():
 
 
 def test_finished_tasks_are_forgotten_beyond_a_bound():
-    from core import tasks as module
+    from core.runs import tasks as module
 
     manager = TaskManager()
     ids = [manager.submit("n", str(i), "", lambda progress, i=i: i) for i in range(module.KEEP_FINISHED + 5)]

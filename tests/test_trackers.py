@@ -2,7 +2,7 @@ import glob
 import os
 import time
 
-from core.runs import start_run
+from core.runs.launch import start_run
 
 
 def test_wandb_offline_and_tensorboard_listen_without_leaking_the_key(small_digits_dir, tiny_config, tmp_path,
@@ -23,8 +23,8 @@ def test_wandb_offline_and_tensorboard_listen_without_leaking_the_key(small_digi
 
 
 def test_an_unreachable_wandb_server_falls_back_to_offline_within_seconds(tmp_path, monkeypatch):
-    from core.events import Finished, RunStarted
-    from core.trackers import WandbTracker
+    from core.train.events import Finished, RunStarted
+    from core.train.trackers import WandbTracker
 
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")

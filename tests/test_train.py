@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-import core.train
-from core.runs import load_data, start_run
-from core.store import RunStore
-from core.train import TrainingFailed, stage_frozen_counts
+import core.train.loop
+from core.runs.launch import load_data, start_run
+from core.runs.store import RunStore
+from core.train.loop import TrainingFailed, stage_frozen_counts
 
 
 def test_short_run_beats_chance_clearly_and_records_the_baseline(digits_dir, tiny_config, tmp_path):
@@ -35,7 +35,7 @@ def test_short_run_beats_chance_clearly_and_records_the_baseline(digits_dir, tin
 def _script_val_losses(monkeypatch, losses):
     """Make validation report the given losses, epoch by epoch: the control flow under test is the
     trainer's (early stopping, stage reverts), not how a real model's loss happens to move."""
-    original = core.train.Trainer._validate
+    original = core.train.loop.Trainer._validate
     calls = iter(losses)
 
     def scripted(self):
@@ -43,7 +43,7 @@ def _script_val_losses(monkeypatch, losses):
         metrics["val_loss"] = next(calls, metrics["val_loss"])
         return metrics
 
-    monkeypatch.setattr(core.train.Trainer, "_validate", scripted)
+    monkeypatch.setattr(core.train.loop.Trainer, "_validate", scripted)
 
 
 def test_early_stopping_stops_when_validation_stops_improving(small_digits_dir, tiny_config, tmp_path,
@@ -61,24 +61,24 @@ def test_the_best_checkpoint_follows_the_monitored_metric_not_the_smoothed_loss(
     # epoch 0 (the probe) has the lowest loss, epochs 1-2 a better macro-F1; epoch 3 ties epoch 2's F1 at a
     # lower loss (a tie goes to the lower loss)
     scripted = iter([(0.30, 0.90), (0.40, 0.93), (0.38, 0.95), (0.35, 0.95)])
-    original = core.train.Trainer._validate
+    original = core.train.loop.Trainer._validate
 
     def validate(self):
         metrics = original(self)
         loss, f1 = next(scripted, (metrics["val_loss"], metrics["val_macro_f1"]))
         return {**metrics, "val_loss": loss, "val_macro_f1": f1}
 
-    monkeypatch.setattr(core.train.Trainer, "_validate", validate)
+    monkeypatch.setattr(core.train.loop.Trainer, "_validate", validate)
     summary = start_run(tiny_config.replace(epochs=3), small_digits_dir, str(tmp_path))
     assert summary["best_epoch"] == 3
-    monkeypatch.setattr(core.train.Trainer, "_validate", validate)
+    monkeypatch.setattr(core.train.loop.Trainer, "_validate", validate)
     scripted = iter([(0.30, 0.90), (0.40, 0.93), (0.38, 0.95), (0.35, 0.95)])
     assert start_run(tiny_config.replace(epochs=3, monitor="val_loss"), small_digits_dir,
                      str(tmp_path))["best_epoch"] == 0
 
 
 def test_monitor_scores_compare_the_metric_first_and_the_loss_on_ties():
-    from core.train import better, monitor_score
+    from core.train.loop import better, monitor_score
 
     a = monitor_score({"val_loss": 0.5, "val_accuracy": 0.9}, "val_accuracy")
     assert better(a, []) and not better(a, a)
@@ -105,16 +105,16 @@ def test_nan_loss_fails_clearly_and_keeps_the_best_checkpoint(small_digits_dir, 
                                                              monkeypatch):
     data = load_data(small_digits_dir, tiny_config, str(tmp_path))
     steps_per_epoch = len(data.train) // tiny_config.batch_size
-    monkeypatch.setattr(core.train, "make_loss", lambda *a, **k: _NaNAfter(steps_per_epoch + 2))
+    monkeypatch.setattr(core.train.loop, "make_loss", lambda *a, **k: _NaNAfter(steps_per_epoch + 2))
     best_hash = {}
-    original = core.train.save_model
+    original = core.train.loop.save_model
 
     def recording_save(model, path, meta):
         out = original(model, path, meta)
         best_hash[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         return out
 
-    monkeypatch.setattr(core.train, "save_model", recording_save)
+    monkeypatch.setattr(core.train.loop, "save_model", recording_save)
     with pytest.raises(TrainingFailed, match="loss became nan.*best checkpoint was kept"):
         start_run(tiny_config.replace(epochs=3), data, str(tmp_path))
     run = RunStore(str(tmp_path)).list_runs()[0]
@@ -140,13 +140,13 @@ def test_progressive_unfreezing_runs_stages_and_reverts_a_stage_that_hurts(small
     summary = start_run(config, small_digits_dir, str(tmp_path), listeners=[events.append])
     stages = [(e.stage, e.frozen_groups, e.reverted) for e in events if type(e).__name__ == "StageChanged"]
     initial = next(e for e in events if type(e).__name__ == "RunStarted").frozen_groups
-    counts = core.train.stage_frozen_counts(initial, 3)
+    counts = core.train.loop.stage_frozen_counts(initial, 3)
     assert stages == [(1, counts[1], False), (2, counts[2], False), (2, counts[1], True)]
     assert summary["status"] == "completed" and summary["epochs_run"] == 3 and summary["best_epoch"] == 2
 
 
 def test_a_run_records_its_split_manifest_and_can_train_from_one(small_digits_dir, tiny_config, tmp_path):
-    from core.splits import read_manifest
+    from core.data.splits import read_manifest
 
     first = start_run(tiny_config.replace(epochs=1), small_digits_dir, str(tmp_path))
     store = RunStore(str(tmp_path))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from core.backbones import WeightsError
-from core.uploads import add_checkpoint, ingest_csv_upload, safe_filename
+from core.model.backbones import WeightsError
+from core.model.uploads import add_checkpoint, ingest_csv_upload, safe_filename
 
 
 def test_weights_that_fit_are_kept_and_others_refused_and_deleted(tmp_path):

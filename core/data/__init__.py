@@ -1,0 +1,39 @@
+"""Data: upload, safe ingest into the content-addressed store, audit, duplicates and related images, leak-free splits.
+
+Its public names, imported on first use (so `import core.data.<module>` stays light):
+  audit: NEAR_DUPLICATE_DISTANCE, audit_dataset, format_report
+  ingest: ARCHIVE_SUFFIXES, DATASET_FILE, Dataset, IMAGE_SUFFIXES, IngestError, Sample, demo_dataset, list_datasets, load_dataset, resolve_dataset
+  split_data: DataError
+  splits: SplitError, read_manifest, split_dataset
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {  # name -> the module of this package that defines it
+    'ARCHIVE_SUFFIXES': 'ingest',
+    'DATASET_FILE': 'ingest',
+    'DataError': 'split_data',
+    'Dataset': 'ingest',
+    'IMAGE_SUFFIXES': 'ingest',
+    'IngestError': 'ingest',
+    'NEAR_DUPLICATE_DISTANCE': 'audit',
+    'Sample': 'ingest',
+    'SplitError': 'splits',
+    'audit_dataset': 'audit',
+    'demo_dataset': 'ingest',
+    'format_report': 'audit',
+    'list_datasets': 'ingest',
+    'load_dataset': 'ingest',
+    'read_manifest': 'splits',
+    'resolve_dataset': 'ingest',
+    'split_dataset': 'splits',
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

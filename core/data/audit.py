@@ -1,0 +1,662 @@
+"""Audit a dataset before training: counts, balance, broken files, sizes, colour modes, statistics,
+exact and near duplicates (within a class, across classes, across splits) and look-alike class names.
+
+Every problem is a ``Finding`` with a severity ("error" blocks training), the files involved and a
+suggested fix. What a training run would refuse (one class, no validation images, no train split) is an
+error in the run's own words, from the same check (``core.data.splits.training_refusal``, ``split_dataset``).
+The images are not decoded here: ``core.data.ingest`` computed one ``ImageProbe`` per file while ingesting (a
+single read per file), and the audit works from those.
+
+CLI: ``python -m core audit DATA [--json] [--workspace DIR]``; see ``main``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any, BinaryIO, Iterable, Sequence
+
+import numpy as np
+
+from core.config import TrainConfig
+from core.data.ingest import Dataset, ImageProbe, IngestLimits, Sample, resolve_dataset, load_probes
+from core.data.related import find_related
+from core.data.splits import SplitError, split_dataset, training_refusal
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SEVERITIES = ("error", "warning", "info")
+IMBALANCE_WARN_RATIO = 10.0
+SMALL_CLASS = 5
+NEAR_DUPLICATE_DISTANCE = 4  # Hamming distance between 64-bit pHashes; re-encodes/resizes are 0-2
+MAX_LISTED = 200             # files / pairs listed in one finding; the message gives the full count
+UNSPLIT = "unsplit"
+
+# What the training pipeline (core.data.ingest.load_rgb) does with each colour mode.
+MODE_HANDLING = {
+    "L": "greyscale: copied into all three RGB channels",
+    "1": "black-and-white: expanded to RGB (0 or 255)",
+    "P": "palette: expanded to RGB (transparent entries composited on white)",
+    "PA": "palette with alpha: alpha composited on white, then RGB",
+    "RGBA": "alpha channel composited on a white background, then RGB",
+    "LA": "greyscale with alpha: composited on white, then RGB",
+    "CMYK": "converted to RGB with Pillow's plain formula (ICC profiles are ignored, so colours may "
+            "shift; export as RGB for exact colours)",
+    "I;16": "16-bit: scaled to 8 bits (value / 257), the full range is kept, nothing is clipped",
+    "I;16B": "16-bit: scaled to 8 bits (value / 257), the full range is kept, nothing is clipped",
+    "I;16L": "16-bit: scaled to 8 bits (value / 257), the full range is kept, nothing is clipped",
+    "I": "32-bit integer: 0..65535 data scaled by 1/257, other ranges stretched to 0..255",
+    "F": "floating point: 0..1 data scaled to 0..255, other ranges stretched to 0..255",
+    "YCbCr": "converted to RGB",
+}
+
+# How ingestion refusals (Skipped.code) are reported: code -> (severity, finding code, what, fix).
+SKIP_FINDINGS = {
+    "corrupt": ("warning", "corrupt_files", "corrupt files that could not be decoded were excluded",
+                "Re-export them from the original source, or delete them."),
+    "truncated": ("warning", "truncated_files", "truncated images (incomplete data) were excluded",
+                  "Copy them again from the original source; the download was probably cut off."),
+    "empty_file": ("warning", "empty_files", "empty (0-byte) files were excluded",
+                   "Delete them or copy them again from the original source."),
+    "unreadable": ("warning", "unreadable_files", "files that could not be read were excluded",
+                   "Check their permissions and copy them again."),
+    "unsupported_mode": ("warning", "unsupported_mode", "images in a colour mode that can't be "
+                         "converted to RGB were excluded", "Export them as RGB PNG or JPEG."),
+    "not_image": ("info", "non_image_files", "files that are not images were ignored",
+                  "Nothing to do, or remove them from the class folders."),
+    "hidden": ("info", "hidden_entries", "hidden or system entries (.DS_Store, __MACOSX/, "
+               "Thumbs.db, dot-files) were skipped", "Nothing to do."),
+    "pixel_bomb": ("warning", "oversized_images", "images declaring more pixels than allowed were "
+                   "refused (decompression-bomb guard)", "Resize them, or raise "
+                   "IngestLimits.max_image_pixels if they are genuine."),
+    "too_large": ("warning", "oversized_files", "files over the per-file size limit were refused",
+                  "Shrink them, or raise IngestLimits.max_file_bytes if they are genuine."),
+    "unsafe_path": ("warning", "unsafe_entries", "archive entries with unsafe names (../, absolute "
+                    "paths, drive letters, backslashes) were refused", "Re-create the archive from "
+                    "the dataset folder itself (e.g. `zip -r data.zip DATA`)."),
+    "escapes_root": ("warning", "unsafe_entries", "CSV paths pointing outside the image root were "
+                     "refused", "Make every CSV path relative to the image root, without '..'."),
+    "link": ("warning", "links_refused", "symbolic and hard links were refused",
+             "Replace links with the real files."),
+    "special_file": ("warning", "special_files", "device files, pipes and other non-regular "
+                     "entries were refused", "Remove them from the archive."),
+    "encrypted": ("warning", "encrypted_entries", "password-protected archive entries were refused",
+                  "Re-create the archive without a password."),
+    "duplicate_entry": ("warning", "duplicate_entries", "archive entries repeating an earlier name "
+                        "were refused", "Re-create the archive so every name appears once."),
+    "outside_class_folder": ("info", "outside_class_folder", "files outside any class folder were "
+                             "ignored", "Move them into DATA/<class>/ to use them."),
+    "not_split_folder": ("info", "not_split_folder", "folders beside train/ other than val/ and "
+                         "test/ were ignored", "Move their classes into train/, val/ or test/."),
+    "bad_row": ("warning", "csv_bad_rows", "CSV rows with an empty path or label, an unknown split "
+                "or a conflicting repeat were skipped", "Fix those rows in the CSV."),
+    "missing_file": ("warning", "csv_missing_files", "CSV rows naming files that don't exist were "
+                     "skipped", "Fix the paths, or pass the right image root."),
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str                              # "error" (blocks training) | "warning" | "info"
+    code: str                                  # stable identifier, e.g. "split_leakage"
+    message: str                               # what is wrong, with counts
+    files: tuple[str, ...] = ()                # dataset-relative paths (first MAX_LISTED)
+    fix: str = ""                              # what to do about it
+    pairs: tuple[tuple[str, str], ...] = ()    # duplicate pairs (first MAX_LISTED)
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity, "code": self.code, "message": self.message,
+                "files": list(self.files), "fix": self.fix, "pairs": [list(p) for p in self.pairs]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Finding:
+        return cls(d["severity"], d["code"], d["message"], tuple(d.get("files", ())), d.get("fix", ""),
+                   tuple(tuple(p) for p in d.get("pairs", ())))
+
+
+@dataclass(frozen=True)
+class SizeStats:
+    min_width: int
+    min_height: int
+    median_width: float
+    median_height: float
+    max_width: int
+    max_height: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SizeStats:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    mean: tuple[float, float, float]   # RGB, on the 0..1 scale the model normalisation uses
+    std: tuple[float, float, float]
+    images: int                        # how many images they were computed over
+    split: str                         # "train", or "all" when the data has no split yet
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "images": self.images, "split": self.split}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ChannelStats:
+        return cls(tuple(d["mean"]), tuple(d["std"]), d["images"], d["split"])
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    dataset_id: str
+    root: str
+    num_images: int
+    class_counts: dict[str, int]                   # label -> images
+    split_counts: dict[str, dict[str, int]]        # "train"/"val"/"test"/"unsplit" -> label -> images
+    imbalance_ratio: float                         # largest class / smallest class
+    sizes: SizeStats
+    mode_counts: dict[str, int]                    # Pillow mode of the files -> images
+    data_stats: ChannelStats
+    model_mean: tuple[float, float, float]
+    model_std: tuple[float, float, float]
+    min_size: int                                  # the model input size images were compared to
+    near_duplicate_distance: int
+    duplicate_groups: tuple[tuple[str, ...], ...]  # exact + near duplicates; feed to split_dataset
+    findings: tuple[Finding, ...]                  # errors first
+
+    @property
+    def blocks_training(self) -> bool:
+        return any(f.severity == "error" for f in self.findings)
+
+    def count(self, severity: str) -> int:
+        return sum(f.severity == severity for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {"dataset_id": self.dataset_id, "root": self.root, "num_images": self.num_images,
+                "class_counts": dict(self.class_counts),
+                "split_counts": {k: dict(v) for k, v in self.split_counts.items()},
+                "imbalance_ratio": self.imbalance_ratio, "sizes": self.sizes.to_dict(),
+                "mode_counts": dict(self.mode_counts), "data_stats": self.data_stats.to_dict(),
+                "model_mean": list(self.model_mean), "model_std": list(self.model_std),
+                "min_size": self.min_size, "near_duplicate_distance": self.near_duplicate_distance,
+                "duplicate_groups": [list(g) for g in self.duplicate_groups],
+                "findings": [f.to_dict() for f in self.findings],
+                "blocks_training": self.blocks_training}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AuditReport:
+        return cls(dataset_id=d["dataset_id"], root=d["root"], num_images=d["num_images"],
+                   class_counts=dict(d["class_counts"]), split_counts=d["split_counts"],
+                   imbalance_ratio=d["imbalance_ratio"], sizes=SizeStats.from_dict(d["sizes"]),
+                   mode_counts=dict(d["mode_counts"]), data_stats=ChannelStats.from_dict(d["data_stats"]),
+                   model_mean=tuple(d["model_mean"]), model_std=tuple(d["model_std"]),
+                   min_size=d["min_size"], near_duplicate_distance=d["near_duplicate_distance"],
+                   duplicate_groups=tuple(tuple(g) for g in d["duplicate_groups"]),
+                   findings=tuple(Finding.from_dict(f) for f in d["findings"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Duplicates
+
+
+def near_duplicate_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose 64-bit hashes differ in at most ``max_distance`` bits.
+
+    Exact all-pairs comparison, vectorised in row blocks: 10,000 hashes take well under a second.
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    n = len(h)
+    pairs: list[tuple[int, int]] = []
+    block = max(1, 4_000_000 // max(n, 1))
+    for start in range(0, n, block):
+        rows = h[start:start + block]
+        dist = np.bitwise_count(rows[:, None] ^ h[None, start:])  # only columns j >= start
+        ii, jj = np.nonzero(dist <= max_distance)
+        jj = jj + start
+        ii = ii + start
+        keep = jj > ii
+        pairs.extend(zip(ii[keep].tolist(), jj[keep].tolist()))
+    return pairs
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        by_root: dict[str, list[str]] = defaultdict(list)
+        for x in self.parent:
+            by_root[self.find(x)].append(x)
+        return tuple(sorted(tuple(sorted(g)) for g in by_root.values() if len(g) > 1))
+
+
+@dataclass(frozen=True)
+class _Duplicates:
+    exact: list[tuple[Sample, Sample]]    # (first copy, other copy) per extra copy
+    near: list[tuple[Sample, Sample]]     # different bytes, pHash within the distance
+    groups: tuple[tuple[str, ...], ...]   # connected components over both, as sorted paths
+
+
+def _duplicates(samples: Sequence[Sample], probes: dict[str, ImageProbe], max_distance: int
+                ) -> _Duplicates:
+    by_sha: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_sha[s.sha256].append(s)
+    uf = _UnionFind()
+    exact: list[tuple[Sample, Sample]] = []
+    for copies in by_sha.values():
+        for other in copies[1:]:
+            exact.append((copies[0], other))
+            uf.union(copies[0].path, other.path)
+    near: list[tuple[Sample, Sample]] = []
+    if max_distance >= 0:
+        shas = [sha for sha in by_sha if sha in probes]
+        hashes = [probes[sha].phash for sha in shas]
+        for i, j in near_duplicate_pairs(hashes, max_distance):
+            for a in by_sha[shas[i]]:
+                for b in by_sha[shas[j]]:
+                    near.append((a, b) if a.path < b.path else (b, a))
+                    uf.union(a.path, b.path)
+    near.sort(key=lambda p: (p[0].path, p[1].path))
+    return _Duplicates(exact, near, uf.groups())
+
+
+def find_duplicate_groups(dataset: Dataset, max_distance: int = NEAR_DUPLICATE_DISTANCE,
+                          probes: dict[str, ImageProbe] | None = None) -> tuple[tuple[str, ...], ...]:
+    """Groups of sample paths that are exact or near duplicates of each other (transitively)."""
+    probes = load_probes(dataset) if probes is None else probes
+    return _duplicates(dataset.samples, probes, max_distance).groups
+
+
+# --------------------------------------------------------------------------------------------------
+# The audit
+
+
+def _capped(items: Iterable[Any]) -> tuple:
+    return tuple(item for _, item in zip(range(MAX_LISTED), items))
+
+
+def _listed(n: int) -> str:
+    return f" (first {MAX_LISTED} listed)" if n > MAX_LISTED else ""
+
+
+def _name_key(label: str) -> str:
+    return re.sub(r"[\s_\-]+", "", label.casefold())
+
+
+def _pair_findings(pairs: list[tuple[Sample, Sample]], split_of: dict[str, str], exact: bool
+                   ) -> list[Finding]:
+    within, conflicting, leaking = [], [], []
+    for a, b in pairs:
+        if a.label != b.label:
+            conflicting.append((a, b))
+        sa, sb = split_of[a.path], split_of[b.path]
+        if sa != sb and UNSPLIT not in (sa, sb):
+            leaking.append((a, b))
+        elif a.label == b.label:
+            within.append((a, b))
+    kind = "identical" if exact else "near-duplicate"
+    out = []
+
+    def make(severity: str, code: str, group: list, what: str, fix: str) -> None:
+        if not group:
+            return
+        files = sorted({p for a, b in group for p in (a.path, b.path)})
+        out.append(Finding(severity, code, f"{len(group)} {kind} pairs {what}{_listed(len(group))}",
+                           _capped(files), fix, _capped((a.path, b.path) for a, b in group)))
+
+    if exact:
+        make("warning", "exact_duplicates", within, "within the same class and split: the copies "
+             "count twice in training", "Delete the extra copies (they are kept in one split anyway).")
+        make("error", "conflicting_labels", conflicting, "carry different labels: the same image "
+             "can't be two classes", "Keep one copy, in the folder of its true class.")
+        make("error", "split_leakage", leaking, "sit in different splits: validation/test scores "
+             "would be inflated", "Delete the copies from val/test, or let Transfer Studio make the split: give "
+             "one folder per class, without train/val/test folders (or a CSV without a split column), and it keeps "
+             "copies in one split.")
+    else:
+        make("info", "near_duplicates", within, "within the same class and split (resized, "
+             "re-encoded or nearly identical shots)", "Usually fine; remove them if they are "
+             "accidental copies. The split keeps each group in one split.")
+        make("warning", "near_duplicate_conflicting_labels", conflicting, "carry different labels",
+             "Check those pairs: one of them is probably mislabelled.")
+        make("warning", "near_duplicate_leakage", leaking, "sit in different splits: validation/"
+             "test scores may be inflated", "Move each pair into one split, or let Transfer Studio make the split "
+             "(one folder per class, without train/val/test folders), which keeps near duplicates together.")
+    return out
+
+
+def _related_findings(manifest: Any, split_of: dict[str, str]) -> list[Finding]:
+    """What core.data.related found (recorded in the split manifest), and whether given splits scatter it."""
+    out = []
+    for found in manifest.grouping:
+        if not found.get("groups"):
+            if found.get("source") == "none" and found.get("rule"):
+                out.append(Finding("info", "related_images_not_checked", found["rule"][0].upper() + found["rule"][1:],
+                                   (), "To compare them anyway, set \"Related images\" on the Configure page to "
+                                   "\"from file names and image similarity, however many images\" "
+                                   "(group_by=\"embeddings\" outside the dashboard)."))
+            continue
+        examples = [tuple(g) for g in found.get("examples", ())]
+        spread = [g for g in examples if len({split_of.get(p, UNSPLIT) for p in g} - {UNSPLIT}) > 1]
+        where = {"names": "by their file names", "embeddings": "by their pretrained features"}.get(found["source"], "")
+        message = (f"{found['images']} images in {found['groups']} groups look like pictures of one thing each "
+                   f"({where}: {found['rule']}); the split keeps each group in one split")
+        fix = ("Nothing to do: validation and test then hold only things training has not seen. If these images "
+               "are unrelated, switch off \"Split by these groups\" on the Dataset page (group_by=\"none\" "
+               "outside the dashboard); if you know the true groups (object, patient, part), give them as a CSV "
+               "'group' column.")
+        if spread:  # only possible when the data came with its own splits
+            out.append(Finding("warning", "related_leakage", message.split("; ")[0] + "; the data's own splits put "
+                               "some groups in more than one split, so validation/test scores may be inflated",
+                               _capped(p for g in spread for p in g), "Move each group into one split, or give the "
+                               "data without its own splits (one folder per class) so the split keeps groups "
+                               "together.", _capped((g[0], g[1]) for g in spread)))
+        else:
+            out.append(Finding("info", "related_images", message, _capped(p for g in examples for p in g), fix,
+                               _capped((g[0], g[1]) for g in examples)))
+    return out
+
+
+def _refusal_findings(dataset: Dataset, manifest: Any, source: str,
+                      duplicate_groups: Sequence[Sequence[str]] | None) -> list[Finding]:
+    """What a training run on this data would refuse, as the error it would raise (core.data.splits.training_refusal
+    and split_dataset's SplitError). The split is the manifest's, else the one a run with the default config
+    makes: its fractions and seed, duplicates and file-name relations kept together (``duplicate_groups``:
+    those at NEAR_DUPLICATE_DISTANCE, None to compute them). Only the pretrained-embedding relations a run may
+    add are left out, so the audit stays fast and runs no model."""
+    if manifest is None:
+        config = TrainConfig()
+        test = config.test_fraction  # as core.runs.launch.prepare_data
+        if dataset.has_given_splits and not any(s.split == "test" for s in dataset.samples):
+            test = 0.0
+        ratios = (1.0 - config.val_fraction - test, config.val_fraction, test)
+        related = find_related([s.path for s in dataset.samples], [s.label for s in dataset.samples],
+                               any(s.group for s in dataset.samples), "names")
+        try:
+            manifest = split_dataset(dataset, ratios, seed=config.seed, near_duplicate_groups=duplicate_groups,
+                                     related=related)
+        except SplitError as exc:
+            return [Finding("error", "cannot_split", str(exc), (), "Give the data a train split (DATA/train/"
+                            "<class>/...), or let the split be made for you: DATA/<class>/<image>.")]
+    refusal = training_refusal(((r.label, r.split) for r in manifest.rows), source)
+    if not refusal:
+        return []
+    if len({r.label for r in manifest.rows}) < 2:
+        return [Finding("error", "single_class", refusal, (), "Put each class in its own folder: "
+                        "DATA/<class>/<image>.")]
+    if not any(r.split == "train" for r in manifest.rows):
+        return [Finding("error", "empty_split", refusal, (), "Give the data training images "
+                        "(DATA/train/<class>/...), or let the split be made for you: DATA/<class>/<image>.")]
+    counts = Counter(r.label for r in manifest.rows)
+    alone = sorted(label for label, n in counts.items() if n < 2)
+    listed = f": {', '.join(alone[:10])}{' ...' if len(alone) > 10 else ''}" if alone else ""
+    return [Finding("error", "empty_split", refusal, (),
+                    f"A class with a single image ({len(alone)} of the {len(counts)} classes here{listed}), or whose "
+                    "images are all one group of duplicate or related images, goes wholly to train, so validation "
+                    "gets none of it. Add images so that classes hold two or more distinct ones, or give a val "
+                    "split (DATA/val/<class>/...).")]
+
+
+def _split_findings(dataset: Dataset, split_of: dict[str, str]) -> list[Finding]:
+    labels_by_split: dict[str, set[str]] = defaultdict(set)
+    for s in dataset.samples:
+        labels_by_split[split_of[s.path]].add(s.label)
+    given = [k for k in labels_by_split if k != UNSPLIT]
+    if not given or "train" not in labels_by_split:  # no train split: training refuses that unless unsplit
+        return []                                     # images make one; _refusal_findings says which
+    out = []
+    missing = sorted(set().union(*(labels_by_split[k] for k in given)) - labels_by_split["train"])
+    if missing:
+        out.append(Finding("error", "label_missing_from_train", f"classes {missing} appear in "
+                           "val/test but have no training images", (), "Add training images for "
+                           "them, or remove them from val/test."))
+    splits_by_group: dict[str, set[str]] = defaultdict(set)
+    files_by_group: dict[str, list[str]] = defaultdict(list)
+    for s in dataset.samples:
+        if s.group is not None and split_of[s.path] != UNSPLIT:
+            splits_by_group[s.group].add(split_of[s.path])
+            files_by_group[s.group].append(s.path)
+    spread = sorted(g for g, splits in splits_by_group.items() if len(splits) > 1)
+    if spread:
+        files = [p for g in spread for p in files_by_group[g]]
+        out.append(Finding("error", "group_leakage", f"{len(spread)} groups (CSV 'group' column, e.g. "
+                           f"patients) have images in more than one split: {spread[:10]}"
+                           f"{' ...' if len(spread) > 10 else ''}", _capped(files),
+                           "Put each group's images in one split, or leave out the CSV's split column so that "
+                           "Transfer Studio makes the split, which keeps each group together."))
+    return out
+
+
+def _skip_findings(dataset: Dataset) -> list[Finding]:
+    by_code: dict[str, list] = defaultdict(list)
+    for s in dataset.skipped:
+        by_code[s.code].append(s)
+    out = []
+    for code, entries in sorted(by_code.items()):
+        severity, finding_code, what, fix = SKIP_FINDINGS.get(
+            code, ("warning", code, "entries were refused", "See each file's reason."))
+        reasons = "; ".join(e.reason for e in entries[:3]) + (" ..." if len(entries) > 3 else "")
+        out.append(Finding(severity, finding_code, f"{len(entries)} {what}{_listed(len(entries))}: "
+                           f"{reasons}", _capped(e.path for e in entries), fix))
+    return out
+
+
+def _mode_findings(samples: Sequence[Sample], probes: dict[str, ImageProbe]) -> list[Finding]:
+    by_mode: dict[str, list[str]] = defaultdict(list)
+    rotated = []
+    for s in samples:
+        p = probes.get(s.sha256)
+        if p is None:
+            continue
+        by_mode[p.mode].append(s.path)
+        if p.orientation != 1:
+            rotated.append(s.path)
+    out = []
+    for mode in sorted(by_mode):
+        if mode == "RGB":
+            continue
+        files = by_mode[mode]
+        handling = MODE_HANDLING.get(mode, "converted to RGB by Pillow")
+        out.append(Finding("info", "colour_mode", f"{len(files)} images are {mode}: {handling}"
+                           f"{_listed(len(files))}", _capped(files), "Nothing to do: the pipeline "
+                           "converts every image to 8-bit RGB."))
+    if rotated:
+        out.append(Finding("info", "exif_orientation", f"{len(rotated)} images carry an EXIF "
+                           f"rotation/flip: the pipeline applies it, so the model sees them upright"
+                           f"{_listed(len(rotated))}", _capped(rotated), "Nothing to do."))
+    return out
+
+
+def _channel_stats(samples: Sequence[Sample], probes: dict[str, ImageProbe], split_of: dict[str, str]
+                   ) -> ChannelStats:
+    train = [s for s in samples if split_of[s.path] == "train"]
+    chosen, split = (train, "train") if train else (samples, "all")
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    pixels, images = 0, 0
+    for s in chosen:
+        p = probes.get(s.sha256)
+        if p is None:
+            continue
+        total += p.channel_sum
+        squares += p.channel_sqsum
+        pixels += p.pixel_count
+        images += 1
+    if pixels == 0:
+        return ChannelStats((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 0, split)
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean**2, 0.0))
+    return ChannelStats(tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std),
+                        images, split)
+
+
+def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
+                  workspace_dir: str | os.PathLike | None = None, filename: str | None = None,
+                  image_root: str | os.PathLike | None = None, manifest: Any = None,
+                  model_mean: Sequence[float] = IMAGENET_MEAN, model_std: Sequence[float] = IMAGENET_STD,
+                  min_size: int = 224, near_duplicate_distance: int = NEAR_DUPLICATE_DISTANCE,
+                  limits: IngestLimits = IngestLimits(), workers: int = 1) -> AuditReport:
+    """Audit a ``Dataset``, a stored dataset folder, or any source ``core.data.ingest.ingest`` accepts.
+
+    A source is ingested into ``workspace_dir`` (a temporary one, deleted afterwards, when None).
+    ``manifest`` (a ``core.data.splits.Manifest``) supplies the splits for the leakage check and the
+    train-only channel statistics when the data has no splits of its own. ``min_size`` is the model
+    input side; ``near_duplicate_distance`` the pHash Hamming distance (-1 turns near duplicates off).
+    """
+    if workspace_dir is None and not isinstance(dataset_or_source, Dataset):
+        with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
+            return audit_dataset(dataset_or_source, workspace_dir=tmp, filename=filename,
+                                 image_root=image_root, manifest=manifest, model_mean=model_mean,
+                                 model_std=model_std, min_size=min_size,
+                                 near_duplicate_distance=near_duplicate_distance, limits=limits,
+                                 workers=workers)
+    dataset = resolve_dataset(dataset_or_source, workspace_dir, filename=filename, image_root=image_root,
+                              limits=limits, workers=workers)
+    probes = load_probes(dataset, workers)
+    samples = dataset.samples
+    split_of = {s.path: s.split or UNSPLIT for s in samples}
+    if manifest is not None:
+        if manifest.dataset_id != dataset.dataset_id:
+            raise ValueError(f"the manifest is for dataset {manifest.dataset_id}, not "
+                             f"{dataset.dataset_id}; split this dataset first")
+        split_of.update({row.path: row.split for row in manifest.rows})
+
+    findings: list[Finding] = []
+    class_counts = dict(sorted(Counter(s.label for s in samples).items()))
+    split_counts: dict[str, dict[str, int]] = {}
+    for s in samples:
+        per = split_counts.setdefault(split_of[s.path], {})
+        per[s.label] = per.get(s.label, 0) + 1
+    split_counts = {k: dict(sorted(split_counts[k].items()))
+                    for k in ("train", "val", "test", UNSPLIT) if k in split_counts}
+
+    # 1. what training itself refuses (too few classes, no validation images, no train split), in its words;
+    #    then the classes: how balanced, how big, named alike
+    dups = _duplicates(samples, probes, near_duplicate_distance)
+    source = os.fspath(dataset_or_source) if isinstance(dataset_or_source, (str, os.PathLike)) else dataset.root
+    findings += _refusal_findings(dataset, manifest, source, dups.groups if near_duplicate_distance
+                                  == NEAR_DUPLICATE_DISTANCE else None)
+    largest = max(class_counts.values())
+    smallest = min(class_counts.values())
+    imbalance = round(largest / smallest, 2)
+    if imbalance >= IMBALANCE_WARN_RATIO:
+        big = max(class_counts, key=class_counts.get)
+        small = min(class_counts, key=class_counts.get)
+        findings.append(Finding("warning", "class_imbalance", f"classes are imbalanced {imbalance:g}:1 "
+                                f"({big}: {largest} images, {small}: {smallest})", (),
+                                "Train with class weights, a weighted sampler or focal loss, and judge "
+                                "the model on balanced accuracy / per-class recall; or collect more "
+                                f"images of {small}."))
+    tiny = {k: v for k, v in class_counts.items() if v < SMALL_CLASS}
+    if tiny:
+        findings.append(Finding("warning", "small_classes", f"classes with fewer than {SMALL_CLASS} "
+                                f"images: {tiny}; too few to learn from or to evaluate", (),
+                                "Collect more images for them, or merge/remove those classes."))
+    alike: dict[str, list[str]] = defaultdict(list)
+    for label in class_counts:
+        alike[_name_key(label)].append(label)
+    for names in alike.values():
+        if len(names) > 1:
+            findings.append(Finding("warning", "similar_class_names", f"classes {names} differ only "
+                                    "in case, spaces, hyphens or underscores: probably the same class",
+                                    (), "Merge them into one folder with one name."))
+    findings += _split_findings(dataset, split_of)
+
+    # 2. files: refused at ingestion, gone since, too small, colour modes
+    findings += _skip_findings(dataset)
+    gone = [s.path for s in samples if s.sha256 not in probes or not dataset.path_of(s).is_file()]
+    if gone:
+        findings.append(Finding("error", "missing_files", f"{len(gone)} dataset files are missing or "
+                                f"unreadable since ingestion{_listed(len(gone))}", _capped(gone),
+                                "Ingest the source again (the stored copy was changed or deleted)."))
+    sized = [(s, probes[s.sha256]) for s in samples if s.sha256 in probes]
+    widths = np.array([p.width for _, p in sized] or [0])
+    heights = np.array([p.height for _, p in sized] or [0])
+    sizes = SizeStats(int(widths.min()), int(heights.min()), float(np.median(widths)),
+                      float(np.median(heights)), int(widths.max()), int(heights.max()))
+    small_files = [s.path for s, p in sized if min(p.width, p.height) < min_size]
+    if small_files:
+        findings.append(Finding("warning", "small_images", f"{len(small_files)} of {len(samples)} images "
+                                f"are smaller than the model input ({min_size} px) and will be upscaled, "
+                                f"which blurs them{_listed(len(small_files))}", _capped(small_files),
+                                "Use a model with a smaller input size, or collect larger images."))
+    mode_counts = dict(sorted(Counter(p.mode for _, p in sized).items()))
+    findings += _mode_findings(samples, probes)
+
+    # 3. statistics beside the model's normalisation
+    stats = _channel_stats(samples, probes, split_of)
+    gap = max(abs(a - b) for a, b in zip(stats.mean, model_mean))
+    findings.append(Finding(
+        "info", "normalisation", f"Average colour of the {stats.split} images (red, green, blue; 0 is black, 1 full "
+        f"brightness): {stats.mean}, spread {stats.std}; the model was pretrained on images averaging "
+        f"{tuple(model_mean)}, spread {tuple(model_std)}: at most {gap:.0%} of the brightness range apart",
+        (), "Keep the model's normalisation for pretrained weights."
+        + (" The data looks unlike the pretraining images: fine-tune more layers rather than only the "
+           "head." if gap > 0.15 else "")))
+
+    # 4. duplicates: exact (sha256) and near (pHash) within a class, across classes, across splits
+    findings += _pair_findings(dups.exact, split_of, exact=True)
+    findings += _pair_findings(dups.near, split_of, exact=False)
+
+    # 5. related images (views of one object, one patient) the split keeps together
+    if manifest is not None:
+        findings += _related_findings(manifest, split_of)
+
+    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    return AuditReport(
+        dataset_id=dataset.dataset_id, root=dataset.root, num_images=len(samples),
+        class_counts=class_counts, split_counts=split_counts, imbalance_ratio=imbalance, sizes=sizes,
+        mode_counts=mode_counts, data_stats=stats, model_mean=tuple(model_mean),
+        model_std=tuple(model_std), min_size=min_size, near_duplicate_distance=near_duplicate_distance,
+        duplicate_groups=dups.groups, findings=tuple(findings))
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def format_report(report: AuditReport, max_files: int = 5) -> str:
+    """The report as plain text for a terminal."""
+    lines = [f"Dataset {report.dataset_id}: {report.num_images} images, {len(report.class_counts)} classes",
+             f"  root: {report.root}",
+             "  classes: " + ", ".join(f"{k}={v}" for k, v in report.class_counts.items()),
+             "  splits: " + "; ".join(f"{k} {sum(v.values())}" for k, v in report.split_counts.items()),
+             f"  imbalance: {report.imbalance_ratio:g}:1",
+             f"  sizes: min {report.sizes.min_width}x{report.sizes.min_height}, median "
+             f"{report.sizes.median_width:g}x{report.sizes.median_height:g}, max "
+             f"{report.sizes.max_width}x{report.sizes.max_height}",
+             "  colour modes: " + ", ".join(f"{k}={v}" for k, v in report.mode_counts.items()),
+             f"  mean/std ({report.data_stats.split}): {report.data_stats.mean} / {report.data_stats.std}"
+             f"  model: {report.model_mean} / {report.model_std}",
+             f"Findings: {report.count('error')} errors, {report.count('warning')} warnings, "
+             f"{report.count('info')} info"]
+    for f in report.findings:
+        lines.append(f"  {f.severity.upper():7} [{f.code}] {f.message}")
+        if f.fix:
+            lines.append(f"          fix: {f.fix}")
+        shown = [f"{a} <-> {b}" for a, b in f.pairs] or list(f.files)
+        for item in shown[:max_files]:
+            lines.append(f"          - {item}")
+        if len(shown) > max_files:
+            lines.append(f"          ... and {len(shown) - max_files} more")
+    lines.append("Training is BLOCKED by the errors above." if report.blocks_training
+                 else "Nothing blocks training.")
+    return "\n".join(lines)
+
+
