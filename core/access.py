@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from core.errors import StudioError
+from core.files import write_text
 
 PASSWORD_VAR = "TRANSFER_STUDIO_PASSWORD"
 ADMINS_VAR = "TRANSFER_STUDIO_ADMINS"
@@ -110,8 +111,6 @@ class DatasetOwners:
         return {k: [str(o) for o in v] for k, v in data.items() if isinstance(v, list)} if isinstance(data, dict) else {}
 
     def record(self, dataset_id: str, owner: str) -> None:
-        from core.files import write_text
-
         data = self._read()
         if owner not in data.get(dataset_id, []):
             data.setdefault(dataset_id, []).append(owner)

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from core.config import AugmentSpec, TrainConfig  # noqa: E402
+from core.config import AugmentSpec, TrainConfig
 
 
 def export_digits(root: str, per_class: int | None = None, size: int = 24) -> str:

@@ -17,8 +17,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.files import atomic_write
 from core.errors import StudioError
+from core.files import atomic_write
+from core.model.backbones import load_backbone
+from core.model.preprocess import PreprocessSpec
+from core.model.transfer import TransferModel
 
 
 class CheckpointError(StudioError, ValueError):
@@ -94,9 +97,6 @@ def read_weights(weights_path: str, device: str = "cpu") -> dict[str, torch.Tens
 
 def load_model(weights_path: str):
     """Rebuild a trained TransferModel from its checkpoint (no hub, no pretrained download)."""
-    from core.model.backbones import load_backbone
-    from core.model.transfer import TransferModel
-    from core.model.preprocess import PreprocessSpec
 
     meta = read_meta(weights_path)
     cfg = meta["config"]

@@ -28,8 +28,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from core.config import TrainConfig
+from core.data.split_data import from_manifest
 from core.data.splits import stratified_subset
 from core.errors import StudioError
+from core.evaluate.baselines import LinearClassifier
+from core.evaluate.latency import count_parameters, measure_in_child, save_for_timing, shared_conditions
+from core.metrics import classification_metrics
+from core.model.backbones import load_backbone
+from core.model.cache import build_cache
+from core.model.catalog import CatalogError, PARAMS_NOTE, get_entry, resolve_entry
+from core.model.embeddings import embed
+from core.runs.launch import prepare_data
+from core.runtime import device_description, dtype_name, resolve_amp, resolve_device
+from core.stats import bootstrap_intervals, overlaps
 
 
 RANDOM_SUFFIX = ":random"
@@ -148,7 +160,6 @@ def task_key(source: str, options: BakeoffOptions, config=None) -> str:
 def published_params_m(model: str) -> float | None:
     """The catalog's parameter count of `model` (millions, with ImageNet's 1000-class head); None off the
     catalog."""
-    from core.model.catalog import CatalogError, get_entry
 
     try:
         return get_entry(model).params_m or None
@@ -159,7 +170,6 @@ def published_params_m(model: str) -> float | None:
 def parameters_text(c: CandidateResult) -> str:
     """"3.4 M parameters in the trunk (4.7 M with ImageNet's 1000-class head)": what the bake-off counts (the
     trunk, which fine-tuning keeps) next to the catalog's figure (the published model, its head included)."""
-    from core.model.catalog import PARAMS_NOTE
 
     published = published_params_m(c.model)
     return f"{c.parameters / 1e6:.1f} M parameters in the trunk" + (f" ({published:.1f} M {PARAMS_NOTE})"
@@ -184,7 +194,6 @@ def result_rows(result: BakeoffResult) -> list[dict[str, Any]]:
 
 def recommend(candidates: Sequence[CandidateResult]) -> tuple[str, str]:
     """The smallest pretrained candidate whose accuracy interval overlaps the best one's; (name, reason)."""
-    from core.stats import overlaps
 
     # random-weight candidates are floors to compare with, not choices (unless nothing else was given)
     pool = [c for c in candidates if c.pretrained] or list(candidates)
@@ -224,7 +233,6 @@ def recommend(candidates: Sequence[CandidateResult]) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------- the run
 def check_options(options: BakeoffOptions) -> tuple[list[str], list[tuple[str, bool]]]:
     """Candidate names and (model, pretrained) pairs; BakeoffError / CatalogError before any work is done."""
-    from core.model.catalog import resolve_entry
 
     names = [m.strip() for m in options.models if m.strip()]
     if not MIN_CANDIDATES <= len(names) <= MAX_CANDIDATES:
@@ -247,15 +255,6 @@ def run_bakeoff(data, options: BakeoffOptions, progress: Callable[[str], None] =
     """The bake-off on a SplitData (core.data): its train split fits, its val split scores."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from core.model.backbones import load_backbone
-    from core.evaluate.baselines import LinearClassifier
-    from core.model.embeddings import embed
-    from core.model.cache import build_cache
-    from core.evaluate.latency import count_parameters, measure_in_child, save_for_timing, shared_conditions
-    from core.runtime import device_description, dtype_name
-    from core.metrics import classification_metrics
-    from core.stats import bootstrap_intervals
-    from core.runtime import resolve_amp, resolve_device
 
     started = time.perf_counter()
     names, parsed = check_options(options)
@@ -362,9 +361,6 @@ def bakeoff(source: str, options: BakeoffOptions, workspace_dir: str = "runs",
             progress: Callable[[str], None] = lambda message: None, config=None) -> BakeoffResult:
     """`source` as for training (folder, archive, CSV, dataset id, manifest, "demo"), split as a run with
     `config` (a TrainConfig: its seed and val/test fractions; default settings when None) would split it."""
-    from core.config import TrainConfig
-    from core.data.split_data import from_manifest
-    from core.runs.launch import prepare_data
 
     check_options(options)
     # the first time, ingesting and finding related images (kept in one split) take a while: say so

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from core.model.backbones import Backbone, load_backbone
 from core.config import TrainConfig
+from core.model.backbones import Backbone, load_backbone
 from core.model.cache import cache_bytes
-from core.model.transfer import TransferModel
 from core.model.preprocess import PreprocessSpec
+from core.model.transfer import TransferModel
+from core.runtime import resolve_amp, resolve_device
 
 ADAMW_STATE_PER_PARAM = 2  # exp_avg and exp_avg_sq; SGD with momentum keeps 1
 SLOW_RUN_SECONDS = 600.0  # above this for the whole run, the pages suggest a smaller image size or fewer epochs
@@ -97,8 +98,6 @@ def layer_groups(config: TrainConfig, num_classes: int = 2) -> tuple[dict, ...]:
 
 
 def _resolve(config: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
-    from core.runtime import resolve_amp, resolve_device
-
     device = resolve_device(config.device)
     return device, resolve_amp(config.amp, device)
 

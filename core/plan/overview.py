@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.data.audit import AuditReport, audit_dataset
-from core.train.augment import preview_grid
 from core.config import TrainConfig
+from core.data.audit import AuditReport, audit_dataset
 from core.data.ingest import Dataset, Sample, load_rgb, resolve_dataset
 from core.data.splits import Manifest
+from core.plan.estimate import preprocess_for
+from core.runs.launch import prepare_data
+from core.train.augment import preview_grid
 
 # how a pair finding is titled on the page, in order of concern
 PAIR_CODES = ("split_leakage", "conflicting_labels", "near_duplicate_leakage", "near_duplicate_conflicting_labels",
@@ -71,8 +73,6 @@ def dataset_overview(dataset: Dataset | str, workspace_dir: str, config: TrainCo
                      per_class: int = 8, max_pairs: int = 12) -> DatasetOverview:
     """Split (as a run with `config` would), audit against `config.model`, pick examples and pairs."""
     config = config or TrainConfig()
-    from core.plan.estimate import preprocess_for
-    from core.runs.launch import prepare_data
 
     dataset = resolve_dataset(dataset, workspace_dir)  # a Dataset, a stored id, or a stored folder
     manifest, split_error = None, ""
@@ -138,7 +138,6 @@ def _pairs(dataset: Dataset, report: AuditReport, manifest: Manifest | None, lim
 def augmentation_preview(dataset: Dataset, config: TrainConfig, images: int = 3, per_image: int = 4,
                          seed: int = 0) -> np.ndarray:
     """A uint8 grid: one row per image (one from each of the first classes), the un-augmented view first."""
-    from core.plan.estimate import preprocess_for
 
     firsts: dict[str, Sample] = {}
     for sample in dataset.samples:

@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 
 from core.config import TrainConfig
+from core.data.ingest import DATASET_FILE, list_datasets
+from core.runs.runlock import is_trained_now
 from core.runs.store import ACTIVE, RunStore
 
 RESUMABLE = ("stopped", "failed", "interrupted")  # statuses a run can be resumed from
@@ -24,8 +26,6 @@ def status_of(run: dict[str, Any], active_ids: Iterable[str], run_dir: str | Non
     if run["status"] not in ACTIVE or run["id"] in set(active_ids):
         return run["status"]
     if run_dir is not None:
-        from core.runs.runlock import is_trained_now
-
         if is_trained_now(run_dir):
             return run["status"]
     return "interrupted"
@@ -33,7 +33,6 @@ def status_of(run: dict[str, Any], active_ids: Iterable[str], run_dir: str | Non
 
 def dataset_names(workspace_dir: str) -> dict[str, str]:
     """Stored dataset id -> the name it was ingested from ("sklearn-digits", "flowers.zip", ...)."""
-    from core.data.ingest import DATASET_FILE, list_datasets
 
     names = {}
     for dataset_id in list_datasets(workspace_dir):

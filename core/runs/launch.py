@@ -11,14 +11,21 @@ import os
 from typing import Any, Callable, Iterable
 
 from core.config import TrainConfig
+from core.data.audit import find_duplicate_groups
+from core.data.ingest import load_dataset_dir, resolve_dataset
+from core.data.related import EMBEDDING_MODEL, EMBEDDING_SIZE, find_related
 from core.data.split_data import SplitData, from_manifest
-from core.train.events import Dispatcher, Listener, Note
+from core.data.splits import read_manifest, split_dataset, unit_ids, write_manifest
 from core.files import clean_leftovers
-from core.runs.runlock import RunLock, RunLocked, is_trained_now
-from core.runs.store import RunStore
+from core.model.embeddings import cached_embeddings
 from core.runs.recorder import StoreTracker
-from core.train.trackers import TensorBoardTracker, WandbTracker
+from core.runs.runlock import RunLock, is_trained_now
+from core.runs.store import RunStore
+from core.runtime import resolve_device
+from core.train.crossval import crossval_check
+from core.train.events import Dispatcher, Listener, Note
 from core.train.loop import Trainer
+from core.train.trackers import TensorBoardTracker, WandbTracker
 
 MANIFEST_FILE = "manifest.json"
 
@@ -30,8 +37,6 @@ def prepare_data(source: str, config: TrainConfig, workspace_dir: str):
     core.data.splits), or "demo" (scikit-learn's digits). Given train/val/test splits are used as they are; a
     missing val is carved from train (stratified), a missing test stays missing.
     """
-    from core.data.ingest import resolve_dataset
-    from core.data.splits import read_manifest, split_dataset
 
     if os.path.isfile(source) and is_manifest(source):
         return read_manifest(source)
@@ -45,9 +50,6 @@ def prepare_data(source: str, config: TrainConfig, workspace_dir: str):
 
 def related_images(dataset, group_by: str = "auto", device: str = "auto"):
     """Related images in a stored dataset (core.data.related), embeddings cached beside its files."""
-    from core.model.embeddings import cached_embeddings
-    from core.data.related import EMBEDDING_MODEL, EMBEDDING_SIZE, find_related
-    from core.runtime import resolve_device
 
     samples = dataset.samples
     paths = [s.path for s in samples]
@@ -75,7 +77,6 @@ def is_manifest(path: str) -> bool:
 
 def create_run(store: RunStore, config: TrainConfig, data: SplitData, manifest=None, owner: str = "") -> str:
     """Record a run; its split manifest is written into the run's folder, so a resume sees the same files."""
-    from core.data.splits import write_manifest
 
     run_id = store.create_run(config.validate().to_dict(), data.describe(), config.run_name, owner)
     if manifest is not None:
@@ -114,8 +115,6 @@ def check_not_trained(store: RunStore, run_id: str) -> None:
 def second_opinion(run_dir: str, config: TrainConfig, data: SplitData, should_stop: Callable[[], bool] = lambda: False):
     """The Trainer's `second_opinion`: a K-fold check (core.train.crossval) over the run's own split units."""
     def check(epochs: int, progress: Callable[[str], None]):
-        from core.train.crossval import crossval_check
-
         return crossval_check(config, data, epochs, os.path.join(run_dir, "crossval"), _unit_of(run_dir, config, data),
                               config.crossval_folds, should_stop, progress)
 
@@ -125,9 +124,6 @@ def second_opinion(run_dir: str, config: TrainConfig, data: SplitData, should_st
 def _unit_of(run_dir: str, config: TrainConfig, data: SplitData) -> Callable[[str], int]:
     """Image path -> the unit the run's split kept together (duplicates, related images), so folds keep them
     together too; every image its own unit when the run has no manifest."""
-    from core.data.audit import find_duplicate_groups
-    from core.data.ingest import load_dataset_dir
-    from core.data.splits import read_manifest, unit_ids
 
     path = os.path.join(run_dir, MANIFEST_FILE)
     if not os.path.exists(path):
@@ -161,7 +157,6 @@ def start_run(config: TrainConfig, data: SplitData | str, runs_dir: str, listene
 
 def run_inputs(store: RunStore, run_id: str) -> tuple[TrainConfig, SplitData]:
     """The exact config and split manifest a run was started with."""
-    from core.data.splits import read_manifest
 
     run = store.get_run(run_id)
     path = os.path.join(store.run_dir(run_id), MANIFEST_FILE)

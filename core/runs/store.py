@@ -19,6 +19,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 from core.errors import StudioError
+from core.runs.runlock import RunLock, RunLocked, is_trained_now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -133,7 +134,6 @@ class RunStore:
         status = run["status"]
         if status not in ACTIVE:
             return status
-        from core.runs.runlock import is_trained_now
 
         if is_trained_now(self.run_dir(run["id"])):
             return status
@@ -167,7 +167,6 @@ class RunStore:
         """Delete the run: its rows, metrics and folder (checkpoints and all). RunBusy while anyone trains it.
 
         The run's trainer lock is held throughout, so no trainer can start on it meanwhile."""
-        from core.runs.runlock import RunLock, RunLocked
 
         run = self.get_run(run_id)
         if run["status"] in ACTIVE and self.live_status(run) in ACTIVE:  # queued a moment ago, or training
