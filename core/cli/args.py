@@ -1,8 +1,19 @@
-"""The command line's one argument parser: argparse that raises instead of exiting."""
+"""The command line's one argument parser (argparse that raises instead of exiting) and its one mapping from
+errors to messages and exit codes: a `StudioError` (bad input, missing data, a refused action) or an OS error
+(a missing or unreadable file) is the user's to fix and exits 2 with "error: ..." on stderr; anything else is a
+bug and keeps its traceback.
+
+Each command imports its stage inside the command, so `python -m core models` does not load the training loop.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
 from core.errors import StudioError
+
+USER_ERRORS = (StudioError, OSError, json.JSONDecodeError)  # what exits 2 with a message, not a traceback
 
 
 class UsageError(StudioError):
@@ -15,3 +26,11 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{self.format_usage()}{self.prog}: error: {message}")
+
+
+def user_error(exc: BaseException, json_line: bool = True, code: int = 2) -> int:
+    """Say what went wrong on stderr (and as the JSON last line scripts read); the exit code to return."""
+    print(f"error: {exc}", file=sys.stderr)
+    if json_line:
+        print(json.dumps({"status": "error", "error": str(exc)}))
+    return code

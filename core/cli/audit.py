@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from core.data.audit import NEAR_DUPLICATE_DISTANCE, audit_dataset, format_report
 from core.cli.args import ArgParser, UsageError
-from core.data.ingest import DATASET_FILE, IngestError
+from core.data.ingest import DATASET_FILE
+from core.cli.args import USER_ERRORS
 
 
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                model_mean=entry.mean, model_std=entry.std,
                                min_size=args.min_size or entry.input_size,
                                near_duplicate_distance=args.near_duplicate_distance)
-    except (IngestError, LookupError, OSError) as e:
+    except (*USER_ERRORS, LookupError) as e:  # audit's own contract: 1 = could not audit, 2 = training blocked
         print(f"audit: {e}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": str(e)}))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import sys
 from typing import Sequence
-from core.plan.bakeoff import DEFAULT_MAX_IMAGES, BakeoffError, BakeoffOptions, bakeoff
+from core.plan.bakeoff import DEFAULT_MAX_IMAGES, BakeoffOptions, bakeoff
 from core.cli.args import ArgParser, UsageError
+from core.cli.args import USER_ERRORS, user_error
+from core.files import jsonable
 
 
 
@@ -29,13 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-budget", type=float, default=1.0, help="seconds of timed repeats per batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--html", help="also write the accuracy-vs-latency chart to this HTML file (offline)")
-    from core.model.catalog import CatalogError
-    from core.config import ConfigError
-    from core.data.split_data import DataError
-    from core.data.ingest import IngestError
-    from core.data.splits import SplitError
-    from core.train.loop import TrainingFailed
-
     try:
         args = parser.parse_args(argv)
         options = BakeoffOptions(tuple(m for m in args.models.split(",") if m.strip()), args.max_images,
@@ -52,13 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (BakeoffError, CatalogError, ConfigError, DataError, IngestError, SplitError, TrainingFailed,
-            FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(json.dumps({"status": "error", "error": str(exc)}))
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     print(f"recommended: {result.recommendation}. {result.reason}", file=sys.stderr)
-    from core.files import jsonable
-
     print(json.dumps(jsonable(result.to_dict())))
     return 0

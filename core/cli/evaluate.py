@@ -5,10 +5,11 @@ import json
 import sys
 from typing import Sequence
 from core.cli.args import ArgParser, UsageError
-from core.evaluate.corruptions import CORRUPTIONS, CorruptionError
-from core.evaluate.costs import CostError, cost_model
-from core.evaluate.report import (EvaluationError, EvaluationOptions, build_report, default_report_dir, summary_dict,
+from core.evaluate.corruptions import CORRUPTIONS
+from core.evaluate.costs import cost_model
+from core.evaluate.report import (EvaluationOptions, build_report, default_report_dir, summary_dict,
     write_report)
+from core.cli.args import USER_ERRORS, user_error
 
 
 
@@ -43,13 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: RUNS_DIR/RUN_ID/evaluation, or evaluation-SPLIT for another split)")
     parser.add_argument("--no-report", action="store_true", help="print the JSON only, write no files")
     parser.add_argument("--seed", type=int, default=0)
-    from core.model.catalog import CatalogError
-    from core.model.checkpoint import CheckpointError
-    from core.data.split_data import DataError
-    from core.data.ingest import IngestError
-    from core.data.splits import SplitError
-    from core.runs.store import RunNotFound
-
     try:
         args = parser.parse_args(argv)
         corruptions = () if args.corruptions.strip().lower() in ("", "none") else \
@@ -70,11 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (EvaluationError, RunNotFound, CatalogError, CostError, CorruptionError, DataError, IngestError,
-            SplitError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(json.dumps({"status": "error", "error": str(exc)}))
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     print(report.verdict, file=sys.stderr)
     if report.files:
         print(f"report: {report.files['html']}", file=sys.stderr)

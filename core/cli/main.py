@@ -10,6 +10,7 @@ import json
 import sys
 
 from core.config import ConfigError, TrainConfig
+from core.cli.args import USER_ERRORS, user_error
 
 DEFAULT_RUNS_DIR = "runs"
 
@@ -59,16 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from core.model.catalog import CatalogError
-    from core.data.split_data import DataError
-    from core.data.ingest import IngestError
-    from core.data.splits import SplitError
     from core.runs.launch import resume_run, start_run
-    from core.files import DiskFull
-    from core.runs.runlock import RunLocked
-    from core.runs.store import RunNotFound
-    from core.train.trackers import ConsoleProgress
     from core.train.loop import TrainingFailed
+    from core.train.trackers import ConsoleProgress
 
     try:
         if args.resume:
@@ -83,13 +77,11 @@ def _train(args) -> int:
                     config = TrainConfig.from_dict(json.load(f))
             config = config.with_overrides(args.set).validate()
             summary = start_run(config, args.data, args.runs_dir, [ConsoleProgress()], workspace_dir=args.workspace)
-    except (DataError, CatalogError, RunNotFound, IngestError, SplitError, RunLocked, DiskFull, OSError,
-            json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingFailed as exc:
+    except TrainingFailed as exc:  # the run started and failed: exit 1
         print(json.dumps({"status": "failed", "error": str(exc)}))
         return 1
+    except USER_ERRORS as exc:
+        return user_error(exc, json_line=False)
     print(json.dumps(summary))
     return 0
 
