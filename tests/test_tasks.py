@@ -1,6 +1,7 @@
 import threading
 
 from core.runs.tasks import TaskManager
+from core.data.ingest import IngestError
 
 
 def test_a_task_runs_in_the_background_reports_progress_and_returns_its_result():
@@ -30,16 +31,21 @@ def test_user_errors_keep_their_message_and_bugs_say_they_are_bugs():
     tasks = TaskManager()
 
     def bad_input(progress):
-        raise ValueError("the folder holds no images; add some")
+        raise IngestError("the folder holds no images; add some")
 
     def bug(progress):
         return {}["missing"]
+
+    def plain_value_error(progress):  # not one of core's errors: a bug, however it reads
+        raise ValueError("could not convert string to float: 'x'")
 
     user = tasks.wait(tasks.submit("x", "1", "", bad_input), 10)
     assert user.status == "failed" and user.error == "the folder holds no images; add some"
     broken = tasks.wait(tasks.submit("x", "2", "", bug), 10)
     assert broken.status == "failed" and "KeyError" in broken.error and "report it" in broken.error
     assert "Traceback" in broken.error_traceback
+    odd = tasks.wait(tasks.submit("x", "3", "", plain_value_error), 10)
+    assert odd.status == "failed" and "ValueError" in odd.error and "report it" in odd.error
 
 
 def test_finished_tasks_are_forgotten_beyond_a_bound():

@@ -17,9 +17,10 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable
+from core.errors import StudioError
 
-USER_ERRORS = (ValueError, LookupError, RuntimeError, OSError)
-BUGS = (KeyError, IndexError)  # LookupErrors too, but their message is a bare key: never a user's mistake
+USER_ERRORS = (StudioError, OSError)  # what the user can act on (its message says how); anything else is a bug
+BUGS = (KeyError, IndexError)  # never a user's mistake, whatever they derive from
 KEEP_FINISHED = 16  # finished tasks kept (their results can be large: a report holds arrays)
 
 
