@@ -1,7 +1,7 @@
 import threading
 
 from core.runs.tasks import TaskManager
-from core.data.ingest import IngestError
+from core.data import IngestError
 
 
 def test_a_task_runs_in_the_background_reports_progress_and_returns_its_result():
