@@ -1,7 +1,9 @@
 """Data: upload, safe ingest into the content-addressed store, audit, duplicates and related images, leak-free splits.
 
 Its public names, imported on first use (so `import core.data.<module>` stays light):
-  audit: NEAR_DUPLICATE_DISTANCE, audit_dataset, format_report
+  audit: audit_dataset
+  audit_report: format_report
+  duplicates: NEAR_DUPLICATE_DISTANCE
   ingest: ARCHIVE_SUFFIXES, DATASET_FILE, Dataset, IMAGE_SUFFIXES, IngestError, Sample, demo_dataset, list_datasets, load_dataset, resolve_dataset
   split_data: DataError
   splits: SplitError, read_manifest, split_dataset
@@ -18,12 +20,12 @@ _EXPORTS = {  # name -> the module of this package that defines it
     'Dataset': 'ingest',
     'IMAGE_SUFFIXES': 'ingest',
     'IngestError': 'ingest',
-    'NEAR_DUPLICATE_DISTANCE': 'audit',
+    'NEAR_DUPLICATE_DISTANCE': 'duplicates',
     'Sample': 'ingest',
     'SplitError': 'splits',
     'audit_dataset': 'audit',
     'demo_dataset': 'ingest',
-    'format_report': 'audit',
+    'format_report': 'audit_report',
     'list_datasets': 'ingest',
     'load_dataset': 'ingest',
     'read_manifest': 'splits',

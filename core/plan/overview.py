@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.data.audit import AuditReport, audit_dataset
+from core.data.audit import audit_dataset
+from core.data.audit_report import AuditReport
 from core.train.augment import preview_grid
 from core.config import TrainConfig
-from core.data.ingest import Dataset, Sample, load_rgb, resolve_dataset
+from core.data.ingest import load_rgb, resolve_dataset, Dataset, Sample
 from core.data.splits import Manifest
 
 # how a pair finding is titled on the page, in order of concern

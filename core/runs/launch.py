@@ -125,7 +125,7 @@ def second_opinion(run_dir: str, config: TrainConfig, data: SplitData, should_st
 def _unit_of(run_dir: str, config: TrainConfig, data: SplitData) -> Callable[[str], int]:
     """Image path -> the unit the run's split kept together (duplicates, related images), so folds keep them
     together too; every image its own unit when the run has no manifest."""
-    from core.data.audit import find_duplicate_groups
+    from core.data.duplicates import find_duplicate_groups
     from core.data.ingest import load_dataset_dir
     from core.data.splits import read_manifest, unit_ids
 
