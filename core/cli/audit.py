@@ -10,7 +10,8 @@ from core.data.audit import audit_dataset
 from core.data.audit_report import format_report
 from core.data.duplicates import NEAR_DUPLICATE_DISTANCE
 from core.cli.args import ArgParser, UsageError
-from core.data.ingest import DATASET_FILE, IngestError
+from core.data.store import DATASET_FILE
+from core.data.types import IngestError
 
 
 

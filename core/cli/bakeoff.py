@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.model.catalog import CatalogError
     from core.config import ConfigError
     from core.data.split_data import DataError
-    from core.data.ingest import IngestError
+    from core.data.types import IngestError
     from core.data.splits import SplitError
     from core.train.loop import TrainingFailed
 

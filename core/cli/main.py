@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from core.model.catalog import CatalogError
     from core.data.split_data import DataError
-    from core.data.ingest import IngestError
+    from core.data.types import IngestError
     from core.data.splits import SplitError
     from core.runs.launch import resume_run, start_run
     from core.files import DiskFull

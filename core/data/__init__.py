@@ -4,9 +4,11 @@ Its public names, imported on first use (so `import core.data.<module>` stays li
   audit: audit_dataset
   audit_report: format_report
   duplicates: NEAR_DUPLICATE_DISTANCE
-  ingest: ARCHIVE_SUFFIXES, DATASET_FILE, Dataset, IMAGE_SUFFIXES, IngestError, Sample, demo_dataset, list_datasets, load_dataset, resolve_dataset
+  ingest: demo_dataset, resolve_dataset
   split_data: DataError
   splits: SplitError, read_manifest, split_dataset
+  store: DATASET_FILE, list_datasets, load_dataset
+  types: ARCHIVE_SUFFIXES, Dataset, IMAGE_SUFFIXES, IngestError, Sample
 """
 from __future__ import annotations
 
@@ -14,20 +16,20 @@ import importlib
 from typing import Any
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'ARCHIVE_SUFFIXES': 'ingest',
-    'DATASET_FILE': 'ingest',
+    'ARCHIVE_SUFFIXES': 'types',
+    'DATASET_FILE': 'store',
     'DataError': 'split_data',
-    'Dataset': 'ingest',
-    'IMAGE_SUFFIXES': 'ingest',
-    'IngestError': 'ingest',
+    'Dataset': 'types',
+    'IMAGE_SUFFIXES': 'types',
+    'IngestError': 'types',
     'NEAR_DUPLICATE_DISTANCE': 'duplicates',
-    'Sample': 'ingest',
+    'Sample': 'types',
     'SplitError': 'splits',
     'audit_dataset': 'audit',
     'demo_dataset': 'ingest',
     'format_report': 'audit_report',
-    'list_datasets': 'ingest',
-    'load_dataset': 'ingest',
+    'list_datasets': 'store',
+    'load_dataset': 'store',
     'read_manifest': 'splits',
     'resolve_dataset': 'ingest',
     'split_dataset': 'splits',

@@ -24,9 +24,12 @@ import numpy as np
 from core.config import TrainConfig
 from core.data.audit_report import SEVERITIES, AuditReport, ChannelStats, Finding, SizeStats
 from core.data.duplicates import NEAR_DUPLICATE_DISTANCE, _duplicates
-from core.data.ingest import resolve_dataset, IngestLimits, load_probes, Dataset, ImageProbe, Sample
+from core.data.ingest import resolve_dataset
+from core.data.limits import IngestLimits
 from core.data.related import find_related
 from core.data.splits import SplitError, split_dataset, training_refusal
+from core.data.store import load_probes
+from core.data.types import Dataset, ImageProbe, Sample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +38,7 @@ SMALL_CLASS = 5
 MAX_LISTED = 200             # files / pairs listed in one finding; the message gives the full count
 UNSPLIT = "unsplit"
 
-# What the training pipeline (core.data.ingest.load_rgb) does with each colour mode.
+# What the training pipeline (core.data.images.load_rgb) does with each colour mode.
 MODE_HANDLING = {
     "L": "greyscale: copied into all three RGB channels",
     "1": "black-and-white: expanded to RGB (0 or 255)",

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from core.data.ingest import load_probes, Dataset, ImageProbe, Sample
+from core.data.store import load_probes
+from core.data.types import Dataset, ImageProbe, Sample
 
 NEAR_DUPLICATE_DISTANCE = 4  # Hamming distance between 64-bit pHashes; re-encodes/resizes are 0-2
 

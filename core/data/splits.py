@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from core.data.duplicates import NEAR_DUPLICATE_DISTANCE, find_duplicate_groups
-from core.data.ingest import Dataset, Sample
+from core.data.types import Dataset, Sample
 from core.errors import StudioError
 from core.files import write_text
 

@@ -15,7 +15,9 @@ from core.data.audit import audit_dataset
 from core.data.audit_report import AuditReport
 from core.train.augment import preview_grid
 from core.config import TrainConfig
-from core.data.ingest import load_rgb, resolve_dataset, Dataset, Sample
+from core.data.images import load_rgb
+from core.data.ingest import resolve_dataset
+from core.data.types import Dataset, Sample
 from core.data.splits import Manifest
 
 # how a pair finding is titled on the page, in order of concern

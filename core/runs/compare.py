@@ -33,7 +33,7 @@ def status_of(run: dict[str, Any], active_ids: Iterable[str], run_dir: str | Non
 
 def dataset_names(workspace_dir: str) -> dict[str, str]:
     """Stored dataset id -> the name it was ingested from ("sklearn-digits", "flowers.zip", ...)."""
-    from core.data.ingest import DATASET_FILE, list_datasets
+    from core.data.store import DATASET_FILE, list_datasets
 
     names = {}
     for dataset_id in list_datasets(workspace_dir):

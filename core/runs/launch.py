@@ -126,7 +126,7 @@ def _unit_of(run_dir: str, config: TrainConfig, data: SplitData) -> Callable[[st
     """Image path -> the unit the run's split kept together (duplicates, related images), so folds keep them
     together too; every image its own unit when the run has no manifest."""
     from core.data.duplicates import find_duplicate_groups
-    from core.data.ingest import load_dataset_dir
+    from core.data.store import load_dataset_dir
     from core.data.splits import read_manifest, unit_ids
 
     path = os.path.join(run_dir, MANIFEST_FILE)
