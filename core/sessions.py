@@ -20,7 +20,7 @@ from typing import Any
 
 from core.access import DatasetOwners, User, may_see
 from core.files import write_text
-from core.data.ingest import DATASET_FILE
+from core.data.store import DATASET_FILE
 from core.runs.store import RunNotFound, RunStore
 from core.workspace import Workspace
 

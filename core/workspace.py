@@ -1,6 +1,6 @@
 """The dashboard's workspace: one folder holding the dataset store, the run store and uploaded weights.
 
-`<root>/datasets/` is core.data.ingest's content-addressed store, `<root>/runs/` the RunStore, and
+`<root>/datasets/` is core.data.store's content-addressed store, `<root>/runs/` the RunStore, and
 `<root>/checkpoints/` the users' own uploaded weights. The root comes from TRANSFER_STUDIO_WORKSPACE
 (tests point it at a temporary folder), else `./workspace`.
 

@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from core.runs import dataset_names
-from core.data.ingest import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES, demo_dataset, ingest, list_datasets, resolve_dataset
+from core.data.ingest import demo_dataset, ingest, resolve_dataset
+from core.data.store import list_datasets
+from core.data.types import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES
 from core.model import ingest_csv_upload
 from pages import charts, ui
 

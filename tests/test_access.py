@@ -6,7 +6,9 @@ import pytest
 import tomllib
 
 from core.access import AccessPolicy, DatasetOwners, NotAllowed, User, check_may_act, is_localhost, may_see
-from core.data.ingest import IngestError, demo_dataset, load_dataset_dir
+from core.data.ingest import demo_dataset
+from core.data.store import load_dataset_dir
+from core.data.types import IngestError
 from core.runs.jobs import JobManager
 from core.workspace import PathNotAllowed, Workspace
 

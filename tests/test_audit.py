@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data.audit import AuditReport, audit_dataset, format_report, near_duplicate_pairs
+from core.data.audit import audit_dataset
+from core.data.audit_report import AuditReport, format_report
+from core.data.duplicates import near_duplicate_pairs
 from core.cli.audit import main
 
 

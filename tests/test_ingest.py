@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import ingest as ingest_mod
-from core.data.ingest import (Dataset, ImageError, IngestError, IngestLimits, demo_dataset, ingest, list_datasets,
-    load_dataset, load_rgb, safe_relative_path)
+from core.data import archives as archives_mod, images as images_mod, ingest as ingest_mod, layout as layout_mod
+from core.data import store as store_mod
+from core.data.images import load_rgb
+from core.data.ingest import demo_dataset, ingest
+from core.data.limits import IngestLimits
+from core.data.paths import safe_relative_path
+from core.data.store import list_datasets, load_dataset
+from core.data.types import Dataset, ImageError, IngestError
 
 
 def png_bytes(seed: int, size: int = 16, mode: str = "RGB") -> bytes:
@@ -130,8 +135,8 @@ def test_reingesting_an_unchanged_folder_reads_no_image_and_a_changed_one_is_rea
     make_tree(src, {"cat": 2, "dog": 2})
     first = ingest(src, tmp_path / "ws")
     reads = []
-    original = ingest_mod._process_file
-    monkeypatch.setattr(ingest_mod, "_process_file", lambda task: reads.append(task[2]) or original(task))
+    original = images_mod._process_file
+    monkeypatch.setattr(images_mod, "_process_file", lambda task: reads.append(task[2]) or original(task))
     assert ingest(src, tmp_path / "ws") == first and reads == []  # stat'ed only
     changed = next((src / "cat").iterdir())
     changed.write_bytes(png_bytes(99))
@@ -467,8 +472,9 @@ def test_a_process_pool_gives_the_same_dataset(tmp_path):
 
 class StagingMeter:
     """What ingest does through open(): bytes written (and the most held on disk at once) and bytes read
-    back from each file it opens for reading. Installed as core.data.ingest's `open`, so it sees every member
-    extraction writes and every byte a tar is read from."""
+    back from each file it opens for reading. Installed as the `open` of every module ingest reads and writes
+    files through (core.data.ingest, archives, images, layout, store), so it sees every member extraction writes
+    and every byte a tar is read from."""
 
     def __init__(self):
         self.written, self.peak = 0, 0
@@ -523,7 +529,8 @@ class _Counted:
 @pytest.fixture
 def meter(monkeypatch) -> StagingMeter:
     m = StagingMeter()
-    monkeypatch.setattr(ingest_mod, "open", m.open, raising=False)
+    for module in (ingest_mod, archives_mod, images_mod, layout_mod, store_mod):
+        monkeypatch.setattr(module, "open", m.open, raising=False)
     return m
 
 
@@ -628,7 +635,7 @@ def test_a_genuine_archive_of_images_still_ingests_under_the_bomb_limits(tmp_pat
 
 
 def test_what_a_killed_ingest_left_is_cleaned_up_by_the_next_one(tmp_path):
-    from core.data.ingest import clean_stale_staging
+    from core.data.store import clean_stale_staging
 
     datasets = tmp_path / "datasets"
     old, fresh = datasets / ".staging-old", datasets / ".staging-fresh"

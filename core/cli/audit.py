@@ -6,9 +6,11 @@ import sys
 from typing import Sequence
 import time
 from pathlib import Path
-from core.data.audit import NEAR_DUPLICATE_DISTANCE, audit_dataset, format_report
+from core.data.audit import audit_dataset
+from core.data.audit_report import format_report
+from core.data.duplicates import NEAR_DUPLICATE_DISTANCE
 from core.cli.args import ArgParser, UsageError
-from core.data.ingest import DATASET_FILE
+from core.data.store import DATASET_FILE
 from core.cli.args import USER_ERRORS
 
 

@@ -1,10 +1,14 @@
 """Data: upload, safe ingest into the content-addressed store, audit, duplicates and related images, leak-free splits.
 
 Its public names, imported on first use (so `import core.data.<module>` stays light):
-  audit: NEAR_DUPLICATE_DISTANCE, audit_dataset, format_report
-  ingest: ARCHIVE_SUFFIXES, DATASET_FILE, Dataset, IMAGE_SUFFIXES, IngestError, Sample, demo_dataset, list_datasets, load_dataset, resolve_dataset
+  audit: audit_dataset
+  audit_report: format_report
+  duplicates: NEAR_DUPLICATE_DISTANCE
+  ingest: demo_dataset, resolve_dataset
   split_data: DataError
   splits: SplitError, read_manifest, split_dataset
+  store: DATASET_FILE, list_datasets, load_dataset
+  types: ARCHIVE_SUFFIXES, Dataset, IMAGE_SUFFIXES, IngestError, Sample
 """
 from __future__ import annotations
 
@@ -12,20 +16,20 @@ import importlib
 from typing import Any
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'ARCHIVE_SUFFIXES': 'ingest',
-    'DATASET_FILE': 'ingest',
+    'ARCHIVE_SUFFIXES': 'types',
+    'DATASET_FILE': 'store',
     'DataError': 'split_data',
-    'Dataset': 'ingest',
-    'IMAGE_SUFFIXES': 'ingest',
-    'IngestError': 'ingest',
-    'NEAR_DUPLICATE_DISTANCE': 'audit',
-    'Sample': 'ingest',
+    'Dataset': 'types',
+    'IMAGE_SUFFIXES': 'types',
+    'IngestError': 'types',
+    'NEAR_DUPLICATE_DISTANCE': 'duplicates',
+    'Sample': 'types',
     'SplitError': 'splits',
     'audit_dataset': 'audit',
     'demo_dataset': 'ingest',
-    'format_report': 'audit',
-    'list_datasets': 'ingest',
-    'load_dataset': 'ingest',
+    'format_report': 'audit_report',
+    'list_datasets': 'store',
+    'load_dataset': 'store',
     'read_manifest': 'splits',
     'resolve_dataset': 'ingest',
     'split_dataset': 'splits',

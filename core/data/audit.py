@@ -5,9 +5,10 @@ Every problem is a ``Finding`` with a severity ("error" blocks training), the fi
 suggested fix. What a training run would refuse (one class, no validation images, no train split) is an
 error in the run's own words, from the same check (``core.data.splits.training_refusal``, ``split_dataset``).
 The images are not decoded here: ``core.data.ingest`` computed one ``ImageProbe`` per file while ingesting (a
-single read per file), and the audit works from those.
+single read per file), and the audit works from those. The report's records are ``core.data.audit_report``'s, the
+duplicate groups ``core.data.duplicates``'.
 
-CLI: ``python -m core audit DATA [--json] [--workspace DIR]``; see ``main``.
+CLI: ``python -m core audit DATA [--json] [--workspace DIR]``; see ``core.cli.audit``.
 """
 
 from __future__ import annotations
@@ -16,26 +17,28 @@ import os
 import re
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Iterable, Sequence
 
 import numpy as np
 
 from core.config import TrainConfig
-from core.data.ingest import Dataset, ImageProbe, IngestLimits, Sample, resolve_dataset, load_probes
+from core.data.audit_report import SEVERITIES, AuditReport, ChannelStats, Finding, SizeStats
+from core.data.duplicates import NEAR_DUPLICATE_DISTANCE, _duplicates
+from core.data.ingest import resolve_dataset
+from core.data.limits import IngestLimits
 from core.data.related import find_related
 from core.data.splits import SplitError, split_dataset, training_refusal
+from core.data.store import load_probes
+from core.data.types import Dataset, ImageProbe, Sample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SEVERITIES = ("error", "warning", "info")
 IMBALANCE_WARN_RATIO = 10.0
 SMALL_CLASS = 5
-NEAR_DUPLICATE_DISTANCE = 4  # Hamming distance between 64-bit pHashes; re-encodes/resizes are 0-2
 MAX_LISTED = 200             # files / pairs listed in one finding; the message gives the full count
 UNSPLIT = "unsplit"
 
-# What the training pipeline (core.data.ingest.load_rgb) does with each colour mode.
+# What the training pipeline (core.data.images.load_rgb) does with each colour mode.
 MODE_HANDLING = {
     "L": "greyscale: copied into all three RGB channels",
     "1": "black-and-white: expanded to RGB (0 or 255)",
@@ -98,189 +101,12 @@ SKIP_FINDINGS = {
 }
 
 
-@dataclass(frozen=True)
-class Finding:
-    severity: str                              # "error" (blocks training) | "warning" | "info"
-    code: str                                  # stable identifier, e.g. "split_leakage"
-    message: str                               # what is wrong, with counts
-    files: tuple[str, ...] = ()                # dataset-relative paths (first MAX_LISTED)
-    fix: str = ""                              # what to do about it
-    pairs: tuple[tuple[str, str], ...] = ()    # duplicate pairs (first MAX_LISTED)
-
-    def to_dict(self) -> dict:
-        return {"severity": self.severity, "code": self.code, "message": self.message,
-                "files": list(self.files), "fix": self.fix, "pairs": [list(p) for p in self.pairs]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Finding:
-        return cls(d["severity"], d["code"], d["message"], tuple(d.get("files", ())), d.get("fix", ""),
-                   tuple(tuple(p) for p in d.get("pairs", ())))
 
 
-@dataclass(frozen=True)
-class SizeStats:
-    min_width: int
-    min_height: int
-    median_width: float
-    median_height: float
-    max_width: int
-    max_height: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SizeStats:
-        return cls(**d)
 
 
-@dataclass(frozen=True)
-class ChannelStats:
-    mean: tuple[float, float, float]   # RGB, on the 0..1 scale the model normalisation uses
-    std: tuple[float, float, float]
-    images: int                        # how many images they were computed over
-    split: str                         # "train", or "all" when the data has no split yet
-
-    def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "images": self.images, "split": self.split}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ChannelStats:
-        return cls(tuple(d["mean"]), tuple(d["std"]), d["images"], d["split"])
 
 
-@dataclass(frozen=True)
-class AuditReport:
-    dataset_id: str
-    root: str
-    num_images: int
-    class_counts: dict[str, int]                   # label -> images
-    split_counts: dict[str, dict[str, int]]        # "train"/"val"/"test"/"unsplit" -> label -> images
-    imbalance_ratio: float                         # largest class / smallest class
-    sizes: SizeStats
-    mode_counts: dict[str, int]                    # Pillow mode of the files -> images
-    data_stats: ChannelStats
-    model_mean: tuple[float, float, float]
-    model_std: tuple[float, float, float]
-    min_size: int                                  # the model input size images were compared to
-    near_duplicate_distance: int
-    duplicate_groups: tuple[tuple[str, ...], ...]  # exact + near duplicates; feed to split_dataset
-    findings: tuple[Finding, ...]                  # errors first
-
-    @property
-    def blocks_training(self) -> bool:
-        return any(f.severity == "error" for f in self.findings)
-
-    def count(self, severity: str) -> int:
-        return sum(f.severity == severity for f in self.findings)
-
-    def to_dict(self) -> dict:
-        return {"dataset_id": self.dataset_id, "root": self.root, "num_images": self.num_images,
-                "class_counts": dict(self.class_counts),
-                "split_counts": {k: dict(v) for k, v in self.split_counts.items()},
-                "imbalance_ratio": self.imbalance_ratio, "sizes": self.sizes.to_dict(),
-                "mode_counts": dict(self.mode_counts), "data_stats": self.data_stats.to_dict(),
-                "model_mean": list(self.model_mean), "model_std": list(self.model_std),
-                "min_size": self.min_size, "near_duplicate_distance": self.near_duplicate_distance,
-                "duplicate_groups": [list(g) for g in self.duplicate_groups],
-                "findings": [f.to_dict() for f in self.findings],
-                "blocks_training": self.blocks_training}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AuditReport:
-        return cls(dataset_id=d["dataset_id"], root=d["root"], num_images=d["num_images"],
-                   class_counts=dict(d["class_counts"]), split_counts=d["split_counts"],
-                   imbalance_ratio=d["imbalance_ratio"], sizes=SizeStats.from_dict(d["sizes"]),
-                   mode_counts=dict(d["mode_counts"]), data_stats=ChannelStats.from_dict(d["data_stats"]),
-                   model_mean=tuple(d["model_mean"]), model_std=tuple(d["model_std"]),
-                   min_size=d["min_size"], near_duplicate_distance=d["near_duplicate_distance"],
-                   duplicate_groups=tuple(tuple(g) for g in d["duplicate_groups"]),
-                   findings=tuple(Finding.from_dict(f) for f in d["findings"]))
-
-
-# --------------------------------------------------------------------------------------------------
-# Duplicates
-
-
-def near_duplicate_pairs(hashes: Sequence[int] | np.ndarray, max_distance: int) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose 64-bit hashes differ in at most ``max_distance`` bits.
-
-    Exact all-pairs comparison, vectorised in row blocks: 10,000 hashes take well under a second.
-    """
-    h = np.asarray(hashes, dtype=np.uint64)
-    n = len(h)
-    pairs: list[tuple[int, int]] = []
-    block = max(1, 4_000_000 // max(n, 1))
-    for start in range(0, n, block):
-        rows = h[start:start + block]
-        dist = np.bitwise_count(rows[:, None] ^ h[None, start:])  # only columns j >= start
-        ii, jj = np.nonzero(dist <= max_distance)
-        jj = jj + start
-        ii = ii + start
-        keep = jj > ii
-        pairs.extend(zip(ii[keep].tolist(), jj[keep].tolist()))
-    return pairs
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def groups(self) -> tuple[tuple[str, ...], ...]:
-        by_root: dict[str, list[str]] = defaultdict(list)
-        for x in self.parent:
-            by_root[self.find(x)].append(x)
-        return tuple(sorted(tuple(sorted(g)) for g in by_root.values() if len(g) > 1))
-
-
-@dataclass(frozen=True)
-class _Duplicates:
-    exact: list[tuple[Sample, Sample]]    # (first copy, other copy) per extra copy
-    near: list[tuple[Sample, Sample]]     # different bytes, pHash within the distance
-    groups: tuple[tuple[str, ...], ...]   # connected components over both, as sorted paths
-
-
-def _duplicates(samples: Sequence[Sample], probes: dict[str, ImageProbe], max_distance: int
-                ) -> _Duplicates:
-    by_sha: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_sha[s.sha256].append(s)
-    uf = _UnionFind()
-    exact: list[tuple[Sample, Sample]] = []
-    for copies in by_sha.values():
-        for other in copies[1:]:
-            exact.append((copies[0], other))
-            uf.union(copies[0].path, other.path)
-    near: list[tuple[Sample, Sample]] = []
-    if max_distance >= 0:
-        shas = [sha for sha in by_sha if sha in probes]
-        hashes = [probes[sha].phash for sha in shas]
-        for i, j in near_duplicate_pairs(hashes, max_distance):
-            for a in by_sha[shas[i]]:
-                for b in by_sha[shas[j]]:
-                    near.append((a, b) if a.path < b.path else (b, a))
-                    uf.union(a.path, b.path)
-    near.sort(key=lambda p: (p[0].path, p[1].path))
-    return _Duplicates(exact, near, uf.groups())
-
-
-def find_duplicate_groups(dataset: Dataset, max_distance: int = NEAR_DUPLICATE_DISTANCE,
-                          probes: dict[str, ImageProbe] | None = None) -> tuple[tuple[str, ...], ...]:
-    """Groups of sample paths that are exact or near duplicates of each other (transitively)."""
-    probes = load_probes(dataset) if probes is None else probes
-    return _duplicates(dataset.samples, probes, max_distance).groups
 
 
 # --------------------------------------------------------------------------------------------------
@@ -625,38 +451,3 @@ def audit_dataset(dataset_or_source: Dataset | str | os.PathLike | BinaryIO, *,
         mode_counts=mode_counts, data_stats=stats, model_mean=tuple(model_mean),
         model_std=tuple(model_std), min_size=min_size, near_duplicate_distance=near_duplicate_distance,
         duplicate_groups=dups.groups, findings=tuple(findings))
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def format_report(report: AuditReport, max_files: int = 5) -> str:
-    """The report as plain text for a terminal."""
-    lines = [f"Dataset {report.dataset_id}: {report.num_images} images, {len(report.class_counts)} classes",
-             f"  root: {report.root}",
-             "  classes: " + ", ".join(f"{k}={v}" for k, v in report.class_counts.items()),
-             "  splits: " + "; ".join(f"{k} {sum(v.values())}" for k, v in report.split_counts.items()),
-             f"  imbalance: {report.imbalance_ratio:g}:1",
-             f"  sizes: min {report.sizes.min_width}x{report.sizes.min_height}, median "
-             f"{report.sizes.median_width:g}x{report.sizes.median_height:g}, max "
-             f"{report.sizes.max_width}x{report.sizes.max_height}",
-             "  colour modes: " + ", ".join(f"{k}={v}" for k, v in report.mode_counts.items()),
-             f"  mean/std ({report.data_stats.split}): {report.data_stats.mean} / {report.data_stats.std}"
-             f"  model: {report.model_mean} / {report.model_std}",
-             f"Findings: {report.count('error')} errors, {report.count('warning')} warnings, "
-             f"{report.count('info')} info"]
-    for f in report.findings:
-        lines.append(f"  {f.severity.upper():7} [{f.code}] {f.message}")
-        if f.fix:
-            lines.append(f"          fix: {f.fix}")
-        shown = [f"{a} <-> {b}" for a, b in f.pairs] or list(f.files)
-        for item in shown[:max_files]:
-            lines.append(f"          - {item}")
-        if len(shown) > max_files:
-            lines.append(f"          ... and {len(shown) - max_files} more")
-    lines.append("Training is BLOCKED by the errors above." if report.blocks_training
-                 else "Nothing blocks training.")
-    return "\n".join(lines)
-
-

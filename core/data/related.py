@@ -1,7 +1,7 @@
 """Related images: different pictures of one thing (views of an object, frames of a video, one patient,
 one part), which must share a split or validation scores memory instead of generalisation.
 
-Exact and near duplicates (core.data.audit) are copies of one picture. Related images are not copies, so pixel
+Exact and near duplicates (core.data.duplicates) are copies of one picture. Related images are not copies, so pixel
 hashes miss them. Two kinds of evidence find them:
 
 - file names: `part12_3.png` and `part12_4.png` share a stem, `obj7/view1.png` sits in a folder per object;

@@ -1,5 +1,5 @@
 """Which files and labels are in which split of a run: a split manifest (core.data.splits) over a stored dataset
-(core.data.ingest), resolved to absolute paths and class indices.
+(core.data.store), resolved to absolute paths and class indices.
 """
 from __future__ import annotations
 

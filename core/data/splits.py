@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from core.data.ingest import Dataset, Sample
 import numpy as np
+
+from core.data.duplicates import NEAR_DUPLICATE_DISTANCE, find_duplicate_groups
+from core.data.types import Dataset, Sample
 from core.errors import StudioError
+from core.files import write_text
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT = 1
@@ -202,8 +205,6 @@ def split_dataset(dataset: Dataset, ratios: Sequence[float] = (0.7, 0.15, 0.15),
     if not samples:
         raise SplitError(f"dataset {dataset.dataset_id} has no images to split")
     if near_duplicate_groups is None:
-        from core.data.audit import NEAR_DUPLICATE_DISTANCE, find_duplicate_groups  # audit imports ingest only
-
         distance = NEAR_DUPLICATE_DISTANCE if near_duplicate_distance is None else near_duplicate_distance
         near_duplicate_groups = find_duplicate_groups(dataset, distance)
     units = _units(samples, [*near_duplicate_groups, *(g for r in related for g in r.groups)])
@@ -316,9 +317,7 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
         text = _manifest_csv(manifest)
     else:
         raise ValueError(f"{path}: a manifest file must end in .json or .csv")
-    from core.files import write_text  # fsync'd, renamed into place; a full disk is a DiskFull naming the folder
-
-    write_text(str(path), text)
+    write_text(str(path), text)  # fsync'd, renamed into place; a full disk is a DiskFull naming the folder
     return path
 
 

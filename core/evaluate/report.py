@@ -307,7 +307,8 @@ def stored_name(source: str) -> str:
 def stored_source(source: str, workspace_dir: str) -> str:
     """`source` stored in the workspace under `stored_name`, as the stored dataset's folder; a stored dataset
     (its id or folder), the demo, a split manifest or a missing path as given (core.evaluate.robustness says what's wrong)."""
-    from core.data.ingest import DATASET_FILE, resolve_dataset
+    from core.data.ingest import resolve_dataset
+    from core.data.store import DATASET_FILE
 
     if not os.path.isdir(source) or os.path.isfile(os.path.join(source, DATASET_FILE)):
         return source
@@ -511,7 +512,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str 
 def _thumbnail(path: str, side: int = 96) -> str:
     """A data: URI of a small PNG of the image, or "" if it cannot be read."""
     try:
-        from core.data.ingest import load_rgb
+        from core.data.images import load_rgb
 
         img = load_rgb(path)
         img.thumbnail((side, side))

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from core.data.ingest import load_rgb
+from core.data.images import load_rgb
 from core.model.preprocess import PreprocessSpec
 
 

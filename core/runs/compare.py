@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from core.config import TrainConfig
-from core.data.ingest import DATASET_FILE, list_datasets
+from core.data.ingest import DATASET_FILE
+from core.data.store import list_datasets
 from core.runs.runlock import is_trained_now
 from core.runs.store import ACTIVE, RunStore
 

@@ -11,7 +11,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from core.config import TrainConfig
-from core.data.audit import find_duplicate_groups
+from core.data.duplicates import find_duplicate_groups
 from core.data.ingest import load_dataset_dir, resolve_dataset
 from core.data.related import EMBEDDING_MODEL, EMBEDDING_SIZE, find_related
 from core.data.split_data import SplitData, from_manifest

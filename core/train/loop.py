@@ -796,7 +796,7 @@ def _explain(exc: BaseException) -> str:
         return f"could not read {exc.filename}: {exc.strerror or exc}. Remove or replace the file and resume."
     from PIL import UnidentifiedImageError
 
-    from core.data.ingest import ImageError
+    from core.data.types import ImageError
 
     if isinstance(exc, (UnidentifiedImageError, ImageError)):
         return f"an image could not be decoded ({exc}). Run `python -m core audit` on the data and fix the file."
