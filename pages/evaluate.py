@@ -16,7 +16,7 @@ from core.evaluate import cell_images, compare_evaluations, evaluate_run
 from core.evaluate import cost_model, error_costs
 from core.evaluate import (FINE_TUNED, EvaluationOptions, build_report, default_report_dir, deployment_rows,
                            model_rows, progress_steps, stored_name, with_costs, write_report)
-from pages import ui
+from pages import state, ui
 
 ui.through_app(__file__)
 
@@ -50,7 +50,7 @@ def checkpoint_mtime(run: dict) -> float:
 
 def kept(key: str, saved: str, default):
     """Seed widget `key` from what this session last chose (Streamlit drops a widget's state on other pages)."""
-    ui.seed(key, st.session_state.get(saved, default))
+    state.seed(key, st.session_state.get(saved, default))
 
 
 def cell_of(value, n: int) -> tuple[int, int] | None:
@@ -86,7 +86,7 @@ runs = [r for r in manager.visible_runs(ui.user()) if r["best_checkpoint"] and o
 if not runs:
     st.info("No finished run yet: train one first. Evaluation uses the run's best checkpoint on its test split, "
             "images the model never saw while training.")
-    st.page_link("pages/train.py", label="Train", icon=":material/monitoring:")
+    st.page_link("pages/train.py", label="Train", icon=ui.PAGES["pages/train.py"].icon)
     ui.stop_page()
 
 ids = [r["id"] for r in runs]
@@ -95,7 +95,7 @@ watched = st.session_state.get(ui.RUN)
 saved = st.session_state.get(RUN_SAVED) or {}
 # the run picked here, unless another run has been watched (trained, resumed) since: then that one
 preferred = saved.get("run") if saved.get("watched") == watched else watched
-ui.seed("evaluate.run", preferred if preferred in ids else ids[0])
+state.seed("evaluate.run", preferred if preferred in ids else ids[0])
 if st.session_state["evaluate.run"] not in ids:
     st.session_state["evaluate.run"] = ids[0]
 
@@ -244,7 +244,7 @@ with tabs[2]:
                 "accuracy holds up under corruptions and on a second data source. It runs in the background: "
                 "you may leave this page.")
     for name, value in {**REPORT_DEFAULTS, **st.session_state.get(REPORT_SAVED, {})}.items():
-        ui.seed(f"evaluate.opt.{name}", value)
+        state.seed(f"evaluate.opt.{name}", value)
     workspace = ui.workspace()
     names = ui.attempt("Listing the datasets", dataset_names, workspace.root) or {}
     if st.session_state["evaluate.opt.drift_dataset"] not in ["", *names]:
@@ -371,7 +371,7 @@ with tabs[3]:
     costs_saved = {"volume": 10_000.0, "error": 1.0, "fp": "", "fn": "", "currency": "",
                    **st.session_state.get(COSTS_SAVED, {})}
     for name, value in costs_saved.items():
-        ui.seed(f"evaluate.cost.{name}", value)
+        state.seed(f"evaluate.cost.{name}", value)
     cols = st.columns([1, 1, 2, 2, 1])
     cols[0].number_input("Images per month", min_value=0.0, step=1000.0, key="evaluate.cost.volume")
     cols[1].number_input("Cost of any error", min_value=0.0, step=1.0, key="evaluate.cost.error")
