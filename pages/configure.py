@@ -9,7 +9,7 @@ from core.runtime import default_device
 from core.plan import format_bytes, format_seconds, preprocess_for
 from core.plan import Suggestion, quick_start, suggest_settings
 from core.train import stage_frozen_counts
-from pages import charts, ui
+from pages import charts, state, ui
 
 ui.through_app(__file__)
 
@@ -29,12 +29,12 @@ if fresh:  # a dataset seen here for the first time: adjust the settings to it, 
     st.session_state[ui.CONFIG] = suggestion.apply(ui.current_config()).to_dict()
     st.session_state[ui.SUGGESTED_FOR] = dataset_id
 base = ui.current_config()
-ui.seed_config_widgets(base, overwrite=fresh)
+state.seed_config_widgets(base, overwrite=fresh)
 
 
 def _apply(changes: dict) -> None:
     """A preset button: overwrite those settings in the widgets (runs before the widgets are drawn)."""
-    ui.seed_config_widgets(ui.config_from_widgets(base).replace(**changes), overwrite=True)
+    state.seed_config_widgets(state.config_from_widgets(base).replace(**changes), overwrite=True)
 
 
 if suggestion.reasons:
@@ -185,7 +185,7 @@ with st.expander("Machine and tracking"):
 
 # --- one config, validated before anything uses it
 try:
-    config = ui.config_from_widgets(base).validate()
+    config = state.config_from_widgets(base).validate()
 except ConfigError as exc:
     st.error(f"**This configuration cannot be used:** {ui.md_escape(exc)}. Change that setting above.")
     ui.stop_page()

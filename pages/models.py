@@ -11,7 +11,7 @@ from core.evaluate import bakeoff_figure
 from core.data import demo_dataset, list_datasets
 from core.model import license_warning
 from core.model import CHECKPOINT_SUFFIXES, add_checkpoint
-from pages import ui
+from pages import state, ui
 
 ui.through_app(__file__)
 
@@ -50,7 +50,7 @@ first = list(dict.fromkeys([ui.current_model(), *offline]))
 if ui.CANDIDATES in st.session_state:  # models that left the catalog (or an extra name this session lost)
     st.session_state[ui.CANDIDATES] = [m for m in st.session_state[ui.CANDIDATES] if m in options]
 candidates = st.multiselect("Candidates to try", options,
-                            **ui.mirrored("models.candidates", ui.CANDIDATES, [m for m in first if m in options][:5]),
+                            **state.mirrored("models.candidates", ui.CANDIDATES, [m for m in first if m in options][:5]),
                             help="Pick one or more. The bake-off below ranks 2 to 5 of them on your images in about a "
                             "minute; or train each on the Train page and compare them on Runs.")
 
@@ -108,19 +108,19 @@ def _use_for_training(name: str) -> None:
 
 def bakeoff_settings(dataset_id: str) -> tuple[BakeoffOptions | None, str]:
     """The bake-off the widgets describe, or None and why not (shown as a message, nothing runs)."""
-    # each setting's value lives in a plain key (ui.mirrored): a polling fragment's reruns reset the widgets'
+    # each setting's value lives in a plain key (state.mirrored): a polling fragment's reruns reset the widgets'
     # own state, and the bake-off then looked like one for another choice
     floor = st.checkbox(f"Include {ui.md_escape((candidates or [DEFAULT_MODEL])[0])} with random weights as a floor",
-                        **ui.mirrored("models.bakeoff_floor", "models.bakeoff.floor", True),
+                        **state.mirrored("models.bakeoff_floor", "models.bakeoff.floor", True),
                         help="The first candidate's architecture without its ImageNet weights: the gap between it and "
                              "the pretrained candidates is what pretraining buys on your images.")
     left, right = st.columns(2)
     max_images = left.number_input("Images to use (at most)", 20, 100_000, step=100,
-                                   **ui.mirrored("models.bakeoff_max_images", "models.bakeoff.max_images",
+                                   **state.mirrored("models.bakeoff_max_images", "models.bakeoff.max_images",
                                                  DEFAULT_MAX_IMAGES),
                                    help="A stratified subset of the training and validation images. More images "
                                         "give narrower intervals and take longer.")
-    size = right.selectbox("Image size", SIZES, **ui.mirrored("models.bakeoff_size", "models.bakeoff.size", 128),
+    size = right.selectbox("Image size", SIZES, **state.mirrored("models.bakeoff_size", "models.bakeoff.size", 128),
                            format_func=lambda s: "each model's own" if s == 0 else f"{s} px",
                            help="The side every candidate sees. Smaller is much faster on a CPU (time grows with the "
                                 "square of the side) and ranks the candidates well for small images; their own size "
@@ -226,7 +226,7 @@ if not dataset_id:
             if st.button("Use this dataset"):
                 st.session_state[ui.DATASET] = pick
                 st.rerun()
-    right.page_link("pages/dataset.py", label="Load your own images (step 2)", icon=":material/photo_library:")
+    right.page_link("pages/dataset.py", label="Load your own images (step 2)", icon=ui.PAGES["pages/dataset.py"].icon)
 else:
     bakeoff_options, problem = bakeoff_settings(dataset_id)
     split_config = ui.current_config()  # the bake-off splits the data as training will

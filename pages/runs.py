@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.runs import FINISHED, RESUMABLE, config_table, dataset_names, epoch_curves, run_table
 from core.runs import ACTIVE, MAX_NAME
-from pages import charts, ui
+from pages import charts, state, ui
 
 ui.through_app(__file__)
 DELETED = "runs.deleted"  # the run just deleted, said once
@@ -24,7 +24,7 @@ if table is not None:  # a user sees their own runs; an admin all of them
     table = table[table.run.isin({r["id"] for r in manager.visible_runs(me)})]
 if table is None or table.empty:
     st.info("No runs yet. Train one on the Train page; every run is kept here with its settings and metrics.")
-    st.page_link("pages/train.py", label="Train", icon=":material/monitoring:")
+    st.page_link("pages/train.py", label="Train", icon=ui.PAGES["pages/train.py"].icon)
     ui.stop_page()
 
 all_tags = sorted({t for tags in table.tags for t in tags}, key=str.lower)
@@ -106,8 +106,8 @@ with right:
 # --- name, tags, delete
 st.subheader("Name, tag or delete it")
 record = store.get_run(run_id)  # the table lists only the user's own runs (an admin's: all): theirs to change
-ui.seed(f"runs.name.{run_id}", record["name"] if record["name"] != run_id else "")
-ui.seed(f"runs.tags.{run_id}", ", ".join(record["tags"]))
+state.seed(f"runs.name.{run_id}", record["name"] if record["name"] != run_id else "")
+state.seed(f"runs.tags.{run_id}", ", ".join(record["tags"]))
 left, right = st.columns(2)
 left.text_input("Name", key=f"runs.name.{run_id}", placeholder=run_id, max_chars=MAX_NAME,
                 help="What this run is, in a few words (empty: its id). Shown beside the id in every list.")

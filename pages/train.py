@@ -51,7 +51,7 @@ def estimate_caption(estimate, timing) -> None:
 with st.container(border=True):
     if overview is None:
         st.warning("No dataset yet: load one on the Dataset page (the demo data works).")
-        st.page_link("pages/dataset.py", label="Load a dataset", icon=":material/photo_library:")
+        st.page_link("pages/dataset.py", label="Load a dataset", icon=ui.PAGES["pages/dataset.py"].icon)
     else:
         epochs = f"{config.epochs} epoch" + ("s" if config.epochs > 1 else "")
         st.markdown(f"**{ui.md_escape(config.model)}** on **{ui.md_escape(overview.name)}** "
@@ -64,7 +64,7 @@ with st.container(border=True):
         ui.show_estimate(config, overview, estimate_caption)
         if ui.CONFIG not in st.session_state:
             st.info("These are the default settings. The Configure page suggests settings for your data.")
-        st.page_link("pages/configure.py", label="Change the settings", icon=":material/tune:")
+        st.page_link("pages/configure.py", label="Change the settings", icon=ui.PAGES["pages/configure.py"].icon)
     blocked = overview is not None and overview.report.blocks_training
     if blocked:
         st.error("The dataset audit found errors (see the Dataset page); training on it would give misleading "
@@ -166,7 +166,7 @@ def status_view() -> None:
                    "The kept model is saved.")
         if outcome.get("sentence"):
             (st.warning if is_probe else st.info)(ui.md_escape(outcome["sentence"]))
-        st.page_link("pages/evaluate.py", label="Evaluate it", icon=":material/fact_check:")
+        st.page_link("pages/evaluate.py", label="Evaluate it", icon=ui.PAGES["pages/evaluate.py"].icon)
     advice = advise_run(snap.epochs, run_config, run_counts, finished=not snap.active,
                         kept=(snap.summary.get("outcome") or {}).get("kept")) if snap.epochs and run_config else ()
     for item in advice:
