@@ -215,8 +215,8 @@ def job_manager() -> JobManager:
 def attempt(action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Call into core; on failure show what went wrong as st.error and return None.
 
-    core's errors (ConfigError, IngestError, WeightsError, CatalogError, SplitError, EvaluationError, ...)
-    are ValueError / LookupError / RuntimeError / OSError subclasses whose messages say what to do. Both
+    core's errors all derive from core.errors.StudioError (and OS errors: a file missing or unreadable): their
+    messages say what to do and are shown as they are; anything else is a bug, said plainly and logged. Both
     `action` and the message may quote a file or model name: they are shown as text.
     """
     try:
