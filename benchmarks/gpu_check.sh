@@ -19,9 +19,9 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
   | tee -a "$OUT/gpu.txt"
 
 echo "== 1. the engine's tests, on CUDA (device=auto picks the GPU)"
-timeout 140 python3 -m pytest -v --durations=0 --timeout=60 -p no:cacheprovider tests/test_train.py tests/test_resume.py tests/test_data.py \
-  tests/test_model.py tests/test_backbones.py tests/test_evaluate.py tests/test_jobs.py tests/test_latency.py \
-  tests/test_report.py > "$OUT/pytest.log" 2>&1
+timeout 140 python3 -m pytest -v --durations=0 --timeout=60 -p no:cacheprovider tests/train/test_loop.py tests/train/test_resume.py tests/train/test_batches.py \
+  tests/model/test_transfer.py tests/model/test_backbones.py tests/evaluate/test_evaluate.py tests/runs/test_jobs.py tests/evaluate/test_latency.py \
+  tests/evaluate/test_report.py > "$OUT/pytest.log" 2>&1
 echo "pytest exit $?"; tail -30 "$OUT/pytest.log"
 
 echo "== 2. training-step throughput (lite0, 224 px, batch 256, data on the GPU)"

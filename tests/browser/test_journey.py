@@ -3,7 +3,7 @@ backbones on it, configure, train, reload the page in the middle of training and
 full report, and check that the figures the dashboard measured while it was open (bake-off latency, report
 latency, test accuracy) agree with the CLI's on the same data and run.
 
-The README's screenshots come from this walk: `UPDATE_DOC_SCREENSHOTS=1 python -m pytest tests/test_journey.py`.
+The README's screenshots come from this walk: `UPDATE_DOC_SCREENSHOTS=1 python -m pytest tests/browser/test_journey.py`.
 Shares the server fixture and helpers of test_browser.py (Debian chromium, a fresh workspace).
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
 
 def test_a_dead_process_leaves_the_lock_free(tmp_path):
     code = f"from core.runs.runlock import RunLock; import os; RunLock({str(tmp_path)!r}).acquire(); os._exit(9)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__))).returncode == 9
+    assert subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))).returncode == 9
     assert not is_trained_now(str(tmp_path))  # the kernel dropped it with the process
 
 
@@ -59,7 +59,7 @@ def test_resuming_a_run_another_process_trains_is_refused_and_changes_nothing(tm
 
 def test_the_cli_lists_a_dead_run_as_interrupted_and_refuses_a_live_one(tmp_path):
     store, run_id = _running_run(tmp_path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     listed = subprocess.run([sys.executable, "-m", "core", "runs", "--runs-dir", str(tmp_path)], cwd=root,
                             capture_output=True, text=True, timeout=60)
     assert "interrupted" in listed.stdout

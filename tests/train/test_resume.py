@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from core.runs.store import RunStore
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = ["epochs=3", "image_size=32", "batch_size=16", "early_stopping_patience=0", "augment.hflip=false",
             "crossval_folds=0", 'group_by="names"']
 

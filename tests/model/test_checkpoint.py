@@ -12,7 +12,7 @@ from core.runs.launch import start_run
 from core.runs.store import RunStore
 from core.train.loop import TrainingFailed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

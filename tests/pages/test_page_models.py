@@ -7,7 +7,7 @@ import pytest
 
 from core.data.ingest import resolve_dataset
 from pages import ui
-from tests.test_pages import assert_clean, open_page, shown, texts, workspace  # noqa: F401 (a fixture)
+from test_pages import assert_clean, open_page, shown, texts, workspace  # noqa: F401 (a fixture)
 
 PAGE = "pages/models.py"
 TWO = ["efficientnet_lite0", "efficientnet_lite1"]

@@ -19,7 +19,7 @@ from core.runs.store import RunStore
 from core.workspace import ENV_VAR, Workspace
 from pages import ui
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 APP = os.path.join(ROOT, "app.py")
 TINY = TrainConfig(image_size=32, epochs=1, batch_size=32, augment=AugmentSpec(hflip=False),
                    early_stopping_patience=0)

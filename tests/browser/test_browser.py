@@ -3,7 +3,7 @@ Playwright in headless Debian Chromium: load the demo data, keep the default mod
 tiny image size, watch the live chart update and the run finish, open the confusion matrix and click a cell.
 
 Screenshots of every page go to test-output/screenshots/. The README's (docs/screenshots/) come from the newcomer's
-journey in test_journey.py: `UPDATE_DOC_SCREENSHOTS=1 python -m pytest tests/test_journey.py` writes them,
+journey in test_journey.py: `UPDATE_DOC_SCREENSHOTS=1 python -m pytest tests/browser/test_journey.py` writes them,
 palette-compressed.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHOTS = os.path.join(ROOT, "test-output", "screenshots")
 DOC_SHOTS = os.path.join(ROOT, "docs", "screenshots")
 MINUTE = 60_000  # Playwright timeouts are in milliseconds
