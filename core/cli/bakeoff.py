@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from core.data.split_data import DataError
     from core.data.ingest import IngestError
     from core.data.splits import SplitError
-    from core.train.loop import TrainingFailed
+    from core.train.failures import TrainingFailed
 
     try:
         args = parser.parse_args(argv)

@@ -68,7 +68,7 @@ def _train(args) -> int:
     from core.runs.runlock import RunLocked
     from core.runs.store import RunNotFound
     from core.train.trackers import ConsoleProgress
-    from core.train.loop import TrainingFailed
+    from core.train.failures import TrainingFailed
 
     try:
         if args.resume:
