@@ -153,7 +153,7 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     from core.evaluate import baselines as bl
     from core.model.checkpoint import load_model
     from core.model.cache import build_cache
-    from core.evaluate.latency import deployment_profile
+    from core.evaluate.latency_child import deployment_profile
     from core.evaluate.robustness import corruption_sweep, drift, drift_images
     from core.runs.launch import run_inputs
     from core.runs.store import RunStore
@@ -262,7 +262,7 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     deployment = None
     if options.latency:
         progress("measuring latency and memory in a clean child process")
-        # timed in a child (core.evaluate.latency.measure_in_child): nothing of this process (a dashboard's reruns, a
+        # timed in a child (core.evaluate.latency_child.measure_in_child): nothing of this process (a dashboard's reruns, a
         # training job) competes with the timing; its conditions travel with the figures
         deployment = deployment_profile(model, pre.input_size, weights, device, options.latency_batch,
                                         budget_s=options.latency_budget_s)
