@@ -7,8 +7,9 @@ from typing import Sequence
 from core.cli.args import ArgParser, UsageError
 from core.evaluate.corruptions import CORRUPTIONS, CorruptionError
 from core.evaluate.costs import CostError, cost_model
-from core.evaluate.report import (EvaluationError, EvaluationOptions, build_report, default_report_dir, summary_dict,
-    write_report)
+from core.evaluate.evaluation import EvaluationError
+from core.evaluate.report import EvaluationOptions, build_report
+from core.evaluate.report_files import default_report_dir, summary_dict, write_report
 
 
 
