@@ -35,7 +35,8 @@ from core.train.outcome import FINE_TUNED, choose  # noqa: E402
 from core.runs.launch import create_run, prepare_data, second_opinion  # noqa: E402
 from core.runs.store import RunStore  # noqa: E402
 from core.runs.recorder import StoreTracker  # noqa: E402
-from core.train.loop import Trainer, better, monitor_score  # noqa: E402
+from core.train.loop import Trainer  # noqa: E402
+from core.train.scores import better, monitor_score  # noqa: E402
 
 
 class RecordingTrainer(Trainer):

@@ -5,7 +5,7 @@
     python benchmarks/bench_watched_bakeoff.py --repeats 2 --out watched.json
 
 The same bake-off (`core.plan.bakeoff.run_bakeoff`, 2 candidates at 64 px on scikit-learn's digits via
-`core.data.ingest.demo_dataset`) and the latency part of an evaluation report (`core.evaluate.latency.deployment_profile`
+`core.data.ingest.demo_dataset`) and the latency part of an evaluation report (`core.evaluate.latency_child.deployment_profile`
 of a 10-class TransferModel on efficientnet_lite0 at 64 px, fp32, as `core.evaluate.report.build_report` calls it)
 run in these scenarios, one after another in one process:
 
@@ -16,7 +16,7 @@ run in these scenarios, one after another in one process:
   `runner.postScriptGC` on (its default: a full gc.collect(2) after every rerun) or off (.streamlit/config.toml
   now); `--poller gc`: a thread doing only gc.collect(2) every second (on) or nothing but a sleep (off).
 - latency "here" (in this process, the way it was measured before) or "child" (a clean child process,
-  core.evaluate.latency.measure_in_child, the way it is now).
+  core.evaluate.latency_child.measure_in_child, the way it is now).
 
 The ratios are against "alone, latency in a child". The ingest and split are done once, untimed, and one
 untimed bake-off warms the weights files and imports first. On shared cores, other processes' bursts swamp
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.evaluate import latency  # noqa: E402
+from core.evaluate import latency, latency_child  # noqa: E402
 from core.model.backbones import load_backbone  # noqa: E402
 from core.plan.bakeoff import BakeoffOptions, run_bakeoff  # noqa: E402
 from core.config import TrainConfig  # noqa: E402
@@ -123,12 +123,12 @@ def latency_here():
     """Time latency in this process, as before the fix: the child is "not started" and the fallback runs."""
     def no_child(self) -> None:
         self.proc, self.error = None, "turned off by the benchmark"
-    original = latency.LatencyChild.__init__
-    latency.LatencyChild.__init__ = no_child
+    original = latency_child.LatencyChild.__init__
+    latency_child.LatencyChild.__init__ = no_child
     try:
         yield
     finally:
-        latency.LatencyChild.__init__ = original
+        latency_child.LatencyChild.__init__ = original
 
 
 class OthersWhole:
@@ -162,7 +162,7 @@ def one(data, options, report_model, child: bool, watcher: Watcher | None) -> di
             t = time.perf_counter()
             result = run_bakeoff(data, options)
             wall = time.perf_counter() - t
-            report = latency.deployment_profile(report_model, options.image_size, None, "cpu", 32, None, 1.0).latency
+            report = latency_child.deployment_profile(report_model, options.image_size, None, "cpu", 32, None, 1.0).latency
     finally:
         if watcher is not None:
             watcher.stop()

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from core.runs.launch import resume_run, start_run
-    from core.train.loop import TrainingFailed
+    from core.train.failures import TrainingFailed
     from core.train.trackers import ConsoleProgress
 
     try:

@@ -5,7 +5,9 @@ Its public names, imported on first use (so `import core.evaluate.<module>` stay
   costs: CostError, cost_model, error_costs
   evaluation: EvaluationError, cell_images, compare_evaluations, evaluate_run
   figures: bakeoff_figure, plot_text, titled
-  report: EvaluationOptions, EvaluationReport, FINE_TUNED, build_report, default_report_dir, deployment_rows, model_rows, progress_steps, stored_name, summary_dict, with_costs, write_report
+  report: EvaluationOptions, EvaluationReport, FINE_TUNED, build_report, progress_steps, stored_name, with_costs
+  report_files: default_report_dir, summary_dict, write_report
+  tables: deployment_rows, model_rows
 """
 from __future__ import annotations
 
@@ -26,18 +28,18 @@ _EXPORTS = {  # name -> the module of this package that defines it
     'cell_images': 'evaluation',
     'compare_evaluations': 'evaluation',
     'cost_model': 'costs',
-    'default_report_dir': 'report',
-    'deployment_rows': 'report',
+    'default_report_dir': 'report_files',
+    'deployment_rows': 'tables',
     'error_costs': 'costs',
     'evaluate_run': 'evaluation',
-    'model_rows': 'report',
+    'model_rows': 'tables',
     'plot_text': 'figures',
     'progress_steps': 'report',
     'stored_name': 'report',
-    'summary_dict': 'report',
+    'summary_dict': 'report_files',
     'titled': 'figures',
     'with_costs': 'report',
-    'write_report': 'report',
+    'write_report': 'report_files',
 }
 __all__ = sorted(_EXPORTS)
 

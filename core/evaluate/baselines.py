@@ -21,9 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.model.preprocess import PreprocessSpec
-from core.train.probe import fit_logistic, standardisation
+from core.model.backbones import load_backbone
 from core.model.embeddings import embed, resize_uint8
+from core.model.preprocess import PreprocessSpec
+from core.model.transfer import TransferModel
+from core.runtime import resolve_amp, seed_everything
+from core.train.augment import augment_batch
+from core.train.losses import make_loss
+from core.train.probe import fit_logistic, standardisation
+from core.train.schedules import make_scheduler
 
 HOG_SIDE = 64  # grayscale side HOG is computed at: 8x8-pixel cells, 2x2-cell blocks -> 1,764 features
 COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
@@ -58,7 +64,7 @@ class LinearClassifier:
 
 def heuristic_features(images: torch.Tensor) -> np.ndarray:
     """Colour histogram (4x4x4 joint RGB, shares) + HOG of the 64 px grayscale image, per uint8 image."""
-    from skimage.feature import hog
+    from skimage.feature import hog  # lazy: scikit-image's import takes seconds, and only this baseline needs it
 
     small = resize_uint8(images.cpu(), HOG_SIDE).numpy()  # (N, 3, 64, 64)
     bins = (small // (256 // COLOUR_BINS)).astype(np.int64)
@@ -104,13 +110,6 @@ def train_from_scratch(config, num_classes: int, pre: PreprocessSpec, train_imag
     loss (every epoch here shares one objective, so the loss compares them fairly); all layers train at `lr` (discriminative rates and frozen layers only make sense
     for pretrained weights) and BatchNorm learns its statistics.
     """
-    from core.train.augment import augment_batch
-    from core.model.backbones import load_backbone
-    from core.train.losses import make_loss
-    from core.model.transfer import TransferModel
-    from core.train.schedules import make_scheduler
-    from core.runtime import resolve_amp, seed_everything
-
     started = time.time()
     seed_everything(config.seed)
     backbone = load_backbone(config.model, pretrained=False)

@@ -41,7 +41,7 @@ def plot_text(value: Any) -> str:
 
 
 def _go():
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly is a heavy import, paid only when a figure is drawn
 
     return go
 

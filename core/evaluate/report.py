@@ -1,6 +1,7 @@
 """The audit of a trained run: is it good, is it better than the simple things, will it hold up, what do its
-errors cost. One call, `build_report`, returns one typed `EvaluationReport`; `write_report` exports it as a
-self-contained HTML file (plotly inlined, so it opens offline) plus the metrics as JSON and CSV.
+errors cost. One call, `build_report`, returns one typed `EvaluationReport`; this module owns its options,
+its building and its verdict. Exporting it (HTML, JSON, CSV) is core.evaluate.report_files, the HTML page
+core.evaluate.report_html, and the tables both share with the Evaluate page core.evaluate.tables.
 
 What the report holds, all on the same test images:
 1. the fine-tuned model's evaluation (core.evaluate.evaluation.summarize): metrics with bootstrap 95% intervals,
@@ -8,20 +9,15 @@ What the report holds, all on the same test images:
 2. baselines side by side (core.evaluate.baselines): majority class, colour + HOG with logistic regression, the
    frozen pretrained trunk with a linear head, optionally the same architecture trained from scratch;
    McNemar's test between the fine-tuned model and the best baseline, and a plain verdict;
-3. deployment figures measured on this device (core.evaluate.latency);
+3. deployment figures measured on this device (core.evaluate.latency, timed by core.evaluate.latency_child);
 4. accuracy under corruptions at three severities, and on a second data source when given (core.evaluate.robustness);
 5. the cost of each model's errors per month, when costs are given (core.evaluate.costs).
 
-`python -m core evaluate RUN_ID ...` is `main` below.
+`python -m core evaluate RUN_ID ...` is core.cli.evaluate.
 """
 from __future__ import annotations
 
-import base64
-import csv
 import dataclasses
-import html
-import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,20 +26,27 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from core.data.ingest import DATASET_FILE, resolve_dataset
+from core.data.splits import read_manifest, stratified_subset
+from core.evaluate import baselines as bl
 from core.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptionError
+from core.evaluate.costs import CostModel, ModelCost, error_costs
 from core.evaluate.evaluation import (EvaluationError, Predictions, RunEvaluation, best_checkpoint, predict_images,
     recorded_baseline, summarize)
-from core.evaluate.costs import CostModel, ModelCost, error_costs
 from core.evaluate.latency import DeploymentProfile
-from core.evaluate.robustness import DriftResult, RobustnessResult
-from core.train.outcome import PROBE
+from core.evaluate.latency_child import deployment_profile
+from core.evaluate.robustness import DriftResult, RobustnessResult, corruption_sweep, drift, drift_images
+from core.model.backbones import load_backbone
+from core.model.cache import build_cache
+from core.model.checkpoint import load_model
+from core.runs.launch import MANIFEST_FILE, run_inputs
+from core.runs.store import RunStore
+from core.runtime import device_description, resolve_amp, resolve_device
 from core.stats import McNemarResult, mcnemar
-from core.files import jsonable
+from core.train.outcome import PROBE
 
 FINE_TUNED = "fine-tuned"
 SPLITS = ("train", "val", "test")
-REPORT_FILES = {"html": "report.html", "json": "metrics.json", "csv": "metrics.csv"}
-N_THUMBNAILS = 24  # misclassified images shown as pictures in the HTML report
 
 
 @dataclass(frozen=True)
@@ -146,19 +149,11 @@ class EvaluationReport:
         return dataclasses.asdict(self)
 
 
+
 # ---------------------------------------------------------------------------------------------- build
 def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = EvaluationOptions(),
                  progress: Callable[[str], None] = lambda message: None) -> EvaluationReport:
     """Evaluate a finished run against its baselines, on this device; see the module docstring."""
-    from core.evaluate import baselines as bl
-    from core.model.checkpoint import load_model
-    from core.model.cache import build_cache
-    from core.evaluate.latency import deployment_profile
-    from core.evaluate.robustness import corruption_sweep, drift, drift_images
-    from core.runs.launch import run_inputs
-    from core.runs.store import RunStore
-    from core.runtime import resolve_amp, resolve_device
-
     started = time.time()
     store = RunStore(runs_dir)
     weights = best_checkpoint(store, run_id)
@@ -231,8 +226,6 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
                 lambda: bl.heuristic(train_images, y_train, test_images, len(classes), options.seed))
 
             def probe() -> np.ndarray:
-                from core.model.backbones import load_backbone
-
                 trunk = load_backbone(config.model, config.checkpoint_path).trunk
                 return bl.linear_probe(trunk, pre, train_images, y_train, test_images, len(classes), device,
                                        resolve_amp(config.amp, device), options.seed)
@@ -262,7 +255,7 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
     deployment = None
     if options.latency:
         progress("measuring latency and memory in a clean child process")
-        # timed in a child (core.evaluate.latency.measure_in_child): nothing of this process (a dashboard's reruns, a
+        # timed in a child (core.evaluate.latency_child.measure_in_child): nothing of this process (a dashboard's reruns, a
         # training job) competes with the timing; its conditions travel with the figures
         deployment = deployment_profile(model, pre.input_size, weights, device, options.latency_batch,
                                         budget_s=options.latency_budget_s)
@@ -279,7 +272,7 @@ def build_report(runs_dir: str, run_id: str, options: EvaluationOptions = Evalua
         if drift_result.excluded_overlap:
             notes.append(f"drift: {drift_result.excluded_overlap} images of {options.drift_data} are copies of the "
                          "run's train/val images and were left out")
-    report = EvaluationReport(run_id, meta["architecture_name"], split_name, classes, _device_text(device),
+    report = EvaluationReport(run_id, meta["architecture_name"], split_name, classes, device_description(device),
                               evaluation, tuple(scores), comparison, helped, verdict, deployment, robustness,
                               drift_result, (), options, tuple(notes), time.time() - started,
                               predictions={name: tuple(int(v) for v in p) for name, p in predicted.items()},
@@ -307,9 +300,6 @@ def stored_name(source: str) -> str:
 def stored_source(source: str, workspace_dir: str) -> str:
     """`source` stored in the workspace under `stored_name`, as the stored dataset's folder; a stored dataset
     (its id or folder), the demo, a split manifest or a missing path as given (core.evaluate.robustness says what's wrong)."""
-    from core.data.ingest import resolve_dataset
-    from core.data.store import DATASET_FILE
-
     if not os.path.isdir(source) or os.path.isfile(os.path.join(source, DATASET_FILE)):
         return source
     return resolve_dataset(source, workspace_dir, filename=stored_name(source)).root
@@ -376,9 +366,6 @@ def _verdict(scores: Sequence[ModelScore], predicted: dict[str, np.ndarray], y_t
 
 def _seen_sha256(store, run_id: str) -> set[str]:
     """Content hashes of the run's train and val images (from its split manifest)."""
-    from core.runs.launch import MANIFEST_FILE
-    from core.data.splits import read_manifest
-
     path = os.path.join(store.run_dir(run_id), MANIFEST_FILE)
     if not os.path.exists(path):
         return set()
@@ -386,248 +373,4 @@ def _seen_sha256(store, run_id: str) -> set[str]:
 
 
 def _stratified(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    from core.data.splits import stratified_subset
-
     return stratified_subset(labels, n, seed) if n and n < len(labels) else np.arange(len(labels))
-
-
-def _device_text(device: torch.device) -> str:
-    from core.runtime import device_description
-
-    return device_description(device)
-
-
-# --------------------------------------------------------------------------------------------- export
-def write_report(report: EvaluationReport, folder: str) -> EvaluationReport:
-    """report.html (self-contained), metrics.json and metrics.csv in `folder`; returns the report with `files`."""
-    files = {kind: os.path.join(os.path.abspath(folder), name) for kind, name in REPORT_FILES.items()}
-    report = dataclasses.replace(report, files=files)
-    # everything rendered before anything is written; each file appears whole or not at all
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=["section", "model", "name", "value", "low", "high"])
-    writer.writeheader()
-    writer.writerows(metric_rows(report))
-    contents = {"html": render_html(report), "json": json.dumps(jsonable(report.to_dict()), indent=1),
-                "csv": table.getvalue()}
-    os.makedirs(folder, exist_ok=True)
-    for kind, text in contents.items():
-        _write_atomically(files[kind], text)
-    return report
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync it, then rename it over `path`."""
-    from core.files import write_text
-
-    write_text(path, text)
-
-
-def metric_rows(report: EvaluationReport) -> list[dict[str, Any]]:
-    """The report's numbers as flat rows: section, model, name, value, low, high (the CSV export)."""
-    rows: list[dict[str, Any]] = []
-    for m in report.models:
-        for name, value in m.metrics.items():
-            low, high = m.intervals.get(name, ("", ""))
-            rows.append({"section": "metrics", "model": m.name, "name": name, "value": value, "low": low,
-                         "high": high})
-    for row in report.evaluation.per_class:
-        for name in ("precision", "recall", "f1", "support"):
-            rows.append({"section": "per_class", "model": FINE_TUNED, "name": f"{row['class']}/{name}",
-                         "value": row[name], "low": "", "high": ""})
-    if report.comparison:
-        rows.append({"section": "mcnemar", "model": report.comparison.model_b, "name": "p_value",
-                     "value": report.comparison.p_value, "low": "", "high": ""})
-    if report.deployment:
-        d = report.deployment
-        for name, value in (("parameters", d.parameters), ("file_size_mb", d.file_size_mb),
-                            *((k, v) for k, v in d.latency.to_dict().items() if isinstance(v, (int, float)))):
-            rows.append({"section": "deployment", "model": FINE_TUNED, "name": name, "value": value, "low": "",
-                         "high": ""})
-    if report.robustness:
-        rows.append({"section": "robustness", "model": FINE_TUNED, "name": "clean/accuracy",
-                     "value": report.robustness.clean_accuracy, "low": "", "high": ""})
-        for s in report.robustness.scores:
-            rows.append({"section": "robustness", "model": FINE_TUNED, "name": f"{s.corruption}/{s.severity}",
-                         "value": s.accuracy, "low": "", "high": ""})
-    if report.drift:
-        rows.append({"section": "drift", "model": FINE_TUNED, "name": "accuracy", "value": report.drift.accuracy,
-                     "low": "", "high": ""})
-    for c in report.costs:
-        rows.append({"section": "costs", "model": c.model, "name": "cost_per_month", "value": c.cost_per_month,
-                     "low": c.cost_per_month_interval[0], "high": c.cost_per_month_interval[1]})
-    return rows
-
-
-def model_rows(report: EvaluationReport) -> list[dict[str, Any]]:
-    """The side-by-side table: one row per model (fine-tuned first), with the 95% intervals."""
-    return [{"model": m.name, "accuracy": m.metrics.get("accuracy"),
-             "accuracy 95%": _interval(m.intervals.get("accuracy")), "macro F1": m.metrics.get("macro_f1"),
-             "macro F1 95%": _interval(m.intervals.get("macro_f1")), "log loss": m.metrics.get("log_loss"),
-             "seconds": m.seconds, "what it is": m.description} for m in report.models]
-
-
-def deployment_rows(deployment: DeploymentProfile) -> list[tuple[str, Any]]:
-    """(figure, value) pairs of a deployment profile, in words, for a table."""
-    d, lat = deployment, deployment.latency
-    return [("parameters", f"{d.parameters:,}"), ("weights file, MiB", d.file_size_mb if d.file_size_mb else "-"),
-            ("device", lat.device), ("precision", lat.dtype), ("input", f"{lat.image_size} px"),
-            ("latency per image, batch 1, ms", lat.latency_ms_batch1),
-            (f"latency per image, batch {lat.batch_size}, ms", lat.latency_ms_batch),
-            (f"throughput at batch {lat.batch_size}, images/s", lat.throughput_per_s),
-            (f"peak memory at batch {lat.batch_size}, MiB", lat.peak_memory_mb),
-            ("memory measured as", lat.memory_method), *lat.condition_rows()]
-
-
-def default_report_dir(runs_dir: str, run_id: str, split: str = "test") -> str:
-    """Where a run's report is written: RUNS_DIR/RUN_ID/evaluation (evaluation-val for the val split, ...)."""
-    return os.path.join(runs_dir, run_id, "evaluation" if split == "test" else f"evaluation-{split}")
-
-
-PER_IMAGE = ("paths", "y_true", "y_pred", "confidence")  # RunEvaluation's per-image fields
-
-
-def summary_dict(report: EvaluationReport) -> dict[str, Any]:
-    """The report as plain JSON without the per-image predictions (which grow with the test set): what the
-    CLI prints. metrics.json keeps them."""
-    out = jsonable(report.to_dict())
-    for key in PER_IMAGE:
-        out["evaluation"].pop(key, None)
-    out["evaluation"]["per_image"] = "in metrics.json" if report.files else "not exported (--no-report)"
-    return out
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, float):
-        return "-" if not np.isfinite(value) else f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
-    ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _thumbnail(path: str, side: int = 96) -> str:
-    """A data: URI of a small PNG of the image, or "" if it cannot be read."""
-    try:
-        from core.data.images import load_rgb
-
-        img = load_rgb(path)
-        img.thumbnail((side, side))
-        buffer = io.BytesIO()
-        img.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    except Exception:  # a moved or unreadable file: the row still lists it
-        return ""
-
-
-def render_html(report: EvaluationReport) -> str:
-    """The whole report as one HTML document; plotly.js is inlined once, so it needs no network."""
-    from core.evaluate import figures
-
-    ev = report.evaluation
-    figs: list[tuple[str, Any]] = [("models", figures.models_figure(report.models)),
-                                   ("confusion", figures.confusion_figure(ev)),
-                                   ("per-class", figures.per_class_figure(ev)),
-                                   ("reliability", figures.reliability_figure(ev))]
-    if report.robustness:
-        figs.append(("robustness", figures.robustness_figure(report.robustness)))
-    if report.costs:
-        figs.append(("costs", figures.costs_figure(report.costs, report.options.costs.currency
-                                                   if report.options.costs else "")))
-    rendered = {name: figures.for_export(fig).to_html(full_html=False, include_plotlyjs=(i == 0),
-                                                      div_id=f"fig-{name}")
-                for i, (name, fig) in enumerate(figs)}
-
-    parts = [f"<h1>Evaluation of run {html.escape(report.run_id)}</h1>",
-             f"<p>{html.escape(report.model)} on the {html.escape(report.split)} split: {ev.n_images} images, "
-             f"{len(report.classes)} classes; {html.escape(report.device)}; built in {report.seconds:.1f} s.</p>",
-             f'<p class="verdict"><strong>{html.escape(report.verdict)}</strong></p>']
-    if report.notes:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
-    if report.advice or report.adaptation:
-        parts.append("<h2>What the training curves say</h2><ul>" + "".join(
-            f"<li><strong>{html.escape(a['code'].replace('_', ' '))}</strong>: {html.escape(a['message'])}. "
-            f"{html.escape(a['action'])}</li>" for a in report.advice)
-            + (f"<li>{html.escape(report.adaptation)}</li>" if report.adaptation else "") + "</ul>")
-    parts.append("<h2>Fine-tuned model and baselines</h2>")
-    rows = model_rows(report)
-    parts.append(_table(list(rows[0]), [list(r.values()) for r in rows], "models"))
-    if report.comparison:
-        parts.append(f"<p>{html.escape(report.comparison.describe())}</p>")
-    parts.append(rendered["models"])
-    parts.append("<h2>Metrics of the fine-tuned model</h2>")
-    parts.append(_table(["metric", "value", "95% interval"],
-                        [[k, v, _interval(ev.intervals.get(k))] for k, v in ev.metrics.items()], "metrics"))
-    parts.append("<h2>Confusion matrix</h2><p>Rows: true class; columns: predicted class.</p>")
-    parts.append(_table(["true \\ predicted", *report.classes],
-                        [[c, *row] for c, row in zip(report.classes, ev.confusion)], "confusion-matrix"))
-    parts.append(rendered["confusion"])
-    parts.append("<h2>Per class</h2>")
-    parts.append(_table(["class", "precision", "recall", "F1", "support"],
-                        [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in ev.per_class],
-                        "per-class"))
-    parts.append(rendered["per-class"])
-    parts.append("<h2>Calibration</h2>")
-    parts.append(rendered["reliability"])
-    parts.append("<h2>Error analysis</h2><h3>Most confused class pairs</h3>")
-    parts.append(_table(["true", "predicted as", "images", "share of the true class"],
-                        [[p["true"], p["predicted"], p["count"], p["share"]] for p in ev.confused_pairs],
-                        "confused-pairs"))
-    parts.append(f"<h3>Misclassified images ({len(ev.misclassified)}), most confident first</h3>")
-    rows = []
-    for i, m in enumerate(ev.misclassified):
-        thumb = _thumbnail(m["path"]) if i < N_THUMBNAILS else ""
-        img = f'<img src="{thumb}" alt="" width="64">' if thumb else ""
-        rows.append(f"<tr><td>{img}</td><td>{html.escape(m['path'])}</td><td>{html.escape(m['true'])}</td>"
-                    f"<td>{html.escape(m['predicted'])}</td><td>{m['confidence']:.3f}</td></tr>")
-    parts.append('<table id="misclassified"><thead><tr><th></th><th>path</th><th>true</th><th>predicted</th>'
-                 f"<th>confidence</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    parts.append("<h3>Highest-loss images</h3>")
-    parts.append(_table(["path", "true", "predicted", "p(true)", "loss"],
-                        [[h["path"], h["true"], h["predicted"], h["p_true"], h["loss"]] for h in ev.highest_loss],
-                        "highest-loss"))
-    if report.deployment:
-        parts.append("<h2>Deployment, measured on this device</h2>")
-        parts.append(_table(["figure", "value"], deployment_rows(report.deployment), "deployment"))
-    if report.robustness:
-        r = report.robustness
-        parts.append("<h2>Robustness to corruptions</h2>")
-        parts.append(f"<p>Clean accuracy {r.clean_accuracy:.4f}; mean under corruption "
-                     f"{r.mean_corrupted_accuracy:.4f}; largest drop: {html.escape(r.worst)}.</p>")
-        parts.append(_table(["corruption", "severity", "parameter", "accuracy", "drop"],
-                            [[s.corruption, s.severity, s.parameter, s.accuracy, s.drop] for s in r.scores],
-                            "robustness"))
-        parts.append(rendered["robustness"])
-    if report.drift:
-        d = report.drift
-        parts.append("<h2>Second data source (drift)</h2>")
-        parts.append(_table(["source", "images", "left out (seen in training)", "accuracy", "macro F1",
-                             "test-split accuracy"],
-                            [[d.source, d.n_images, d.excluded_overlap, d.accuracy, d.macro_f1,
-                              d.reference_accuracy]], "drift"))
-    if report.costs:
-        cm = report.options.costs
-        parts.append("<h2>Cost of errors</h2>")
-        parts.append(f"<p>{cm.monthly_volume:,.0f} images per month; {html.escape(json.dumps(cm.to_dict()))}</p>")
-        parts.append(_table(["model", "error rate", "errors per month (expected)", "cost per image",
-                             "cost per month", "95% interval"],
-                            [[c.model, c.error_rate, f"{c.errors_per_month:,.0f}", c.cost_per_image,
-                              f"{c.cost_per_month:,.2f}", _interval(c.cost_per_month_interval, 2)]
-                             for c in report.costs], "costs"))
-        parts.append(rendered["costs"])
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-             ".verdict{font-size:1.15em}")
-    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
-            f"<title>Evaluation of run {html.escape(report.run_id)}</title><style>{style}</style></head>"
-            f"<body>{''.join(parts)}</body></html>")
-
-
-def _interval(iv: Any, digits: int = 4) -> str:
-    return f"[{iv[0]:.{digits}f}, {iv[1]:.{digits}f}]" if iv else "-"
-
-

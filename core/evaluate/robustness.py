@@ -15,8 +15,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from core.data.ingest import resolve_dataset
+from core.data.splits import read_manifest
 from core.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corruption_fn, parameter
 from core.evaluate.evaluation import EvaluationError, Predictions, RunEvaluation, predict_images, summarize
+from core.model.cache import build_cache
+from core.runs.launch import is_manifest
 
 
 @dataclass(frozen=True)
@@ -86,16 +90,11 @@ def drift_images(source: str, classes: Sequence[str], seen_sha256: set[str], wor
     `source` is anything a run accepts (folder, archive, CSV, stored dataset id, split manifest); of a
     manifest, its test rows when it has any, else all rows.
     """
-    from core.runs.launch import is_manifest
-    from core.data.splits import read_manifest
-
     if os.path.isfile(source) and is_manifest(source):
         manifest = read_manifest(source)
         rows = manifest.rows_for("test") or manifest.rows
         items = [(str(manifest.path_of(r)), r.label, r.sha256) for r in rows]
     else:
-        from core.data.ingest import resolve_dataset
-
         dataset = resolve_dataset(source, workspace_dir)
         items = [(str(dataset.path_of(s)), s.label, s.sha256) for s in dataset.samples]
     index = {c: i for i, c in enumerate(classes)}
@@ -113,8 +112,6 @@ def drift(model: torch.nn.Module, pre, source: str, classes: Sequence[str], seen
           workspace_dir: str, reference_accuracy: float, device: torch.device, run_id: str = "",
           batch_size: int = 64) -> DriftResult:
     """The model on a second data source, against its accuracy on its own test split."""
-    from core.model.cache import build_cache
-
     paths, labels, excluded, unknown = drift_images(source, classes, seen_sha256, workspace_dir)
     probs = predict_images(model, pre, build_cache(paths, pre, torch.device("cpu")), device, batch_size)
     ev = summarize(Predictions(tuple(classes), tuple(paths), np.asarray(labels, np.int64), probs), run_id, "drift")

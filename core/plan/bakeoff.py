@@ -8,7 +8,7 @@ between train and val in the manifest's proportion):
    natively), then a linear classifier (logistic regression) and a k-NN classifier are fitted on the
    train subset and scored on the val subset: accuracy and macro-F1 with bootstrap 95% intervals;
 3. parameters, latency per image at batch 1 and 32, and peak memory are measured on this device, every
-   candidate in one clean child process (core.evaluate.latency.measure_in_child) after all the features: nothing
+   candidate in one clean child process (core.evaluate.latency_child.measure_in_child) after all the features: nothing
    else of this process (a dashboard's reruns, a training job's thread) runs while they are timed;
 4. the recommendation is the smallest candidate (parameters, then latency) whose accuracy interval
    overlaps the best candidate's: a larger model has to be clearly better to be worth its cost.
@@ -33,7 +33,8 @@ from core.data.split_data import from_manifest
 from core.data.splits import stratified_subset
 from core.errors import StudioError
 from core.evaluate.baselines import LinearClassifier
-from core.evaluate.latency import count_parameters, measure_in_child, save_for_timing, shared_conditions
+from core.evaluate.latency import count_parameters, shared_conditions
+from core.evaluate.latency_child import measure_in_child, save_for_timing
 from core.metrics import classification_metrics
 from core.model.backbones import load_backbone
 from core.model.cache import build_cache

@@ -3,7 +3,8 @@
 Its public names, imported on first use (so `import core.train.<module>` stays light):
   advisor: advise_run, advise_setup
   gradients: adaptation_summary
-  loop: Trainer, TrainingFailed, stage_frozen_counts
+  failures: TrainingFailed
+  loop: Trainer, stage_frozen_counts
   trackers: ConsoleProgress
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 _EXPORTS = {  # name -> the module of this package that defines it
     'ConsoleProgress': 'trackers',
     'Trainer': 'loop',
-    'TrainingFailed': 'loop',
+    'TrainingFailed': 'failures',
     'adaptation_summary': 'gradients',
     'advise_run': 'advisor',
     'advise_setup': 'advisor',

@@ -3,6 +3,10 @@
 It knows nothing of the UI: everything it has to say goes out as events through one dispatcher, and the
 only way in is `should_stop`, checked at batch boundaries. Checkpoints are written at each epoch's end
 (the full state for resuming) and whenever validation loss improves (the best model).
+
+Helpers with one job of their own live beside it: the memory check and out-of-memory retries
+(core.train.memory), mixup and CutMix (core.train.mixing), comparing validation scores
+(core.train.scores), the WiSE-FT mix (core.train.wise_ft) and TrainingFailed (core.train.failures).
 """
 from __future__ import annotations
 
@@ -15,15 +19,25 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import UnidentifiedImageError
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from core.train.augment import augment_batch
 from core.model.backbones import load_backbone
-from core.model.checkpoint import (copy_model, load_train_state, read_weights, rng_state, save_model,
+from core.data.ingest import ImageError
+from core.files import DiskFull
+from core.model.checkpoint import (CheckpointError, copy_model, load_train_state, read_weights, rng_state, save_model,
     save_train_state, set_rng_state)
 from core.config import TrainConfig
 from core.train.batches import BatchSource
 from core.data.split_data import SplitData
 from core.model.cache import cache_bytes, memory_budget
+from core.train.failures import TrainingFailed
+from core.train.memory import (MIN_MICRO_BATCH, check_memory, is_out_of_memory, memory_advice, micro_batches,
+    release_memory)
+from core.train.mixing import mix_batch
+from core.train.scores import better, monitor_score
+from core.train.wise_ft import wise_ft
 from core.train.events import (BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finished, GradientStats, Note,
     RunStarted, StageChanged, Validated)
 from core.train.advisor import advise_run
@@ -36,13 +50,8 @@ from core.train.probe import (extract_augmented_features, extract_features, fit_
     recalibrate_batchnorm)
 from core.train.schedules import make_scheduler
 from core.runtime import device_name, resolve_amp, resolve_device, seed_everything
-from core.errors import StudioError
 
 COMPILE_MIN_STEPS = 1500  # below this, torch.compile's 16-40 s warm-up costs more than it saves
-
-
-class TrainingFailed(StudioError, RuntimeError):
-    """The run cannot go on (NaN loss, out of memory, ...); the message says why and what to try."""
 
 
 def stage_frozen_counts(initial_frozen: int, stages: int) -> list[int]:
@@ -75,52 +84,6 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     gradients: list[dict[str, float]] = field(default_factory=list)  # core.train.gradients rows (thinned to 400)
     accumulate: int = 1  # micro-batches per optimizer step: raised after running out of memory
-
-
-def monitor_score(metrics: dict[str, float], monitor: str) -> list[float]:
-    """Higher is better: the monitored metric, then the negated val loss to break ties."""
-    loss = metrics["val_loss"]
-    return [-loss] if monitor == "val_loss" else [metrics[monitor], -loss]
-
-
-def mix_batch(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float, generator: torch.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a shuffled copy of itself.
-
-    Returns (images, the second label of each image, the first label's share lam). lam is 1.0 (nothing
-    mixed) when both are off. With both on, each batch takes one of the two at random. Draws come from
-    `generator`, so a resumed epoch mixes the same way.
-    """
-    if not (mixup or cutmix) or len(y) < 2:
-        return x, y, 1.0
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-    rng = np.random.default_rng(seed)
-    use_cutmix = bool(cutmix) and (not mixup or rng.random() < 0.5)
-    alpha = cutmix if use_cutmix else mixup
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.as_tensor(rng.permutation(len(y)), device=x.device)
-    if not use_cutmix:
-        return x * lam + x[perm] * (1 - lam), y[perm], lam
-    h, w = x.shape[-2:]
-    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-    top, bottom = max(0, cy - ch // 2), min(h, cy + ch // 2)
-    left, right = max(0, cx - cw // 2), min(w, cx + cw // 2)
-    x = x.clone()
-    x[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
-    return x, y[perm], 1.0 - (bottom - top) * (right - left) / (h * w)
-
-
-def better(score: list[float], than: list[float], tol: float = 1e-6) -> bool:
-    """Whether `score` beats `than` (compared in order; differences within `tol` are ties)."""
-    if not than:
-        return True
-    for a, b in zip(score, than):
-        if a > b + tol:
-            return True
-        if a < b - tol:
-            return False
-    return False
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -321,7 +284,7 @@ class Trainer:
             # one optimizer step over the batch, in `accumulate` micro-batches (1 unless memory ran out): each
             # part's loss weighted by its share of the batch, so the gradient is the whole batch's
             loss, logits_parts = 0.0, []
-            for part in _parts(len(y), state.accumulate):
+            for part in micro_batches(len(y), state.accumulate):
                 share = (part.stop - part.start) / len(y)
                 with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                     logits = self.forward(x[part])
@@ -435,7 +398,7 @@ class Trainer:
         micro = -(-bs // accumulate)
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         self.optimizer.zero_grad(set_to_none=True)
-        _free_device_memory(self.device)
+        release_memory(self.device)
         if micro < MIN_MICRO_BATCH or not os.path.exists(self.state_path):
             raise TrainingFailed(f"out of memory on {device_name(self.device)} even in micro-batches of "
                                  f"{-(-bs // state.accumulate)} images ({first}). {memory_advice(self.device, self.config)}")
@@ -453,8 +416,6 @@ class Trainer:
         """An exponential moving average of the weights (and BatchNorm statistics), or None when off."""
         if not self.config.ema_epochs:
             return None
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
         decay = 0.5 ** (1.0 / max(1.0, self.config.ema_epochs * self.steps_per_epoch))
         return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
@@ -501,7 +462,7 @@ class Trainer:
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             parts = []
-            for part in _parts(len(x), self._accumulate):
+            for part in micro_batches(len(x), self._accumulate):
                 with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     logits = model(x[part]).float()
                     if tta:  # the mirror image's logits averaged in
@@ -558,20 +519,10 @@ class Trainer:
         self.model.load_state_dict(read_weights(path, str(self.device)))
 
     def _wise_ft(self, state: LoopState) -> float:
-        """WiSE-FT (Wortsman et al. 2022): the best weights mixed with the probe's, w = (1-a) w0 + a w1, the
-        share a chosen on validation (a=0 is the probe itself). Leaves the chosen mix loaded; returns a."""
-        from safetensors.torch import load_file
-
-        start = load_file(self.probe_path, device=str(self.device))
-        tuned = load_file(self.tuned_path, device=str(self.device))
-        best_alpha, best = 1.0, None
-        for alpha in WISE_FT_ALPHAS:
-            self.model.load_state_dict(_interpolate(start, tuned, alpha))
-            score = monitor_score(self._evaluate(self.val_src, "val_", self.model), self.config.monitor)
-            if best is None or better(score, best):
-                best_alpha, best = alpha, score
-        self.model.load_state_dict(_interpolate(start, tuned, best_alpha))
-        return best_alpha
+        """WiSE-FT (core.train.wise_ft): the best weights mixed with the probe's, the share a chosen on
+        validation. Leaves the chosen mix loaded; returns a."""
+        return wise_ft(self.model, self.probe_path, self.tuned_path, str(self.device),
+                       lambda: monitor_score(self._evaluate(self.val_src, "val_", self.model), self.config.monitor))
 
     def _outcome(self, state: LoopState, alpha: float | None) -> Outcome:
         """The loaded (kept) model against the probe's weights, image by image on val and test."""
@@ -653,123 +604,6 @@ class Trainer:
         return summary
 
 
-WISE_FT_ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # from the fine-tuned end: ties keep more of it
-
-
-# ------------------------------------------------------------------------------------------ memory
-MIN_MICRO_BATCH = 2  # below this, BatchNorm's batch statistics are meaningless: give up instead
-MEMORY_MARGIN = 1.3  # activation gradients, allocator fragmentation and workspaces on top of the estimate
-
-
-def _parts(n: int, accumulate: int) -> list[slice]:
-    """`n` items in `accumulate` nearly equal consecutive slices (one slice of all when accumulate is 1)."""
-    size = -(-n // max(1, accumulate))
-    return [slice(i, min(n, i + size)) for i in range(0, n, size)] if n else [slice(0, 0)]
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, MPS's and the CPU allocator's RuntimeErrors."""
-    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
-        or "failed to allocate" in text)
-
-
-def _free_device_memory(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
-
-
-def free_memory(device: torch.device) -> int | None:
-    """Bytes free for tensors on `device` now, or None when it cannot be told."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        if device.type == "mps":
-            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) * 1024
-    except (OSError, StopIteration, ValueError, RuntimeError, AttributeError):
-        return None
-
-
-def memory_advice(device: torch.device, config: TrainConfig) -> str:
-    common = (f"lower batch_size (now {config.batch_size}) or image_size, or raise freeze_ratio (now "
-              f"{config.freeze_ratio:g}) so fewer layers keep activations for backward")
-    if device.type == "cuda":
-        return (f"To fit: {common}; use amp bf16; or free the GPU (other processes: nvidia-smi).")
-    if device.type == "mps":
-        return f"To fit: {common}; close other apps using the GPU's unified memory."
-    return f"To fit: {common}; set max_cache_gb lower or num_workers to 0; close other programs."
-
-
-def activation_bytes_per_image(model: torch.nn.Module, config: TrainConfig, device: torch.device,
-                               pre) -> int:
-    """Bytes autograd keeps per training image for backward (a forward of 2 images, in eval mode so that
-    neither BatchNorm statistics nor random numbers change)."""
-    params = {p.data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            saved[t.data_ptr()] = t.numel() * t.element_size()
-        return t
-
-    was_training = model.training
-    model.eval()
-    size = pre.input_size
-    x = torch.zeros(2, 3, size, size, device=device)
-    if config.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    amp = resolve_amp(config.amp, device)
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            model(x)
-    finally:
-        model.train(was_training)
-    return sum(saved.values()) // 2
-
-
-def check_memory(model: torch.nn.Module, config: TrainConfig, device: torch.device, pre, cache: int = 0,
-                 free: int | None = None) -> None:
-    """TrainingFailed, before training starts, when the run's estimated memory (weights, gradients, optimizer
-    state, the activations of one batch, the image cache) exceeds what is free on the device."""
-    free = free_memory(device) if free is None else free
-    if free is None:
-        return
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    states = 2 if config.optimizer == "adamw" else 1
-    fixed = params + trainable * (1 + states) + cache
-    per_image = activation_bytes_per_image(model, config, device, pre) * MEMORY_MARGIN
-    need = fixed + per_image * config.batch_size
-    if need <= free:
-        return
-    from core.files import format_bytes
-
-    fits = int((free - fixed) // per_image) if free > fixed and per_image else 0
-    hint = (f"a batch of {fits} fits (set batch_size={fits})" if fits >= MIN_MICRO_BATCH
-            else "even a batch of 2 does not fit")
-    raise TrainingFailed(f"this run needs about {format_bytes(need)} of memory on {device_name(device)} "
-                         f"(weights, gradients and optimizer state {format_bytes(fixed - cache)}, image cache "
-                         f"{format_bytes(cache)}, activations of a batch of {config.batch_size} "
-                         f"{format_bytes(per_image * config.batch_size)}) and {format_bytes(free)} is free: "
-                         f"{hint}. {memory_advice(device, config)}")
-
-
-def _interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """(1 - alpha) * start + alpha * end for every floating tensor; counters (BatchNorm's) from `end`."""
-    return {k: torch.lerp(start[k], v, alpha) if v.is_floating_point() else v for k, v in end.items()}
-
-
 def _pick(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith(prefix)}
 
@@ -784,9 +618,6 @@ def _explain(exc: BaseException) -> str:
     """A message a person can act on, for the failures people actually meet."""
     if isinstance(exc, TrainingFailed):
         return str(exc)
-    from core.model.checkpoint import CheckpointError
-    from core.files import DiskFull
-
     if isinstance(exc, (DiskFull, CheckpointError)):
         return str(exc)
     if is_out_of_memory(exc):
@@ -794,10 +625,6 @@ def _explain(exc: BaseException) -> str:
                 "raise freeze_ratio, or set image_size smaller.")
     if isinstance(exc, OSError) and getattr(exc, "filename", None):
         return f"could not read {exc.filename}: {exc.strerror or exc}. Remove or replace the file and resume."
-    from PIL import UnidentifiedImageError
-
-    from core.data.types import ImageError
-
     if isinstance(exc, (UnidentifiedImageError, ImageError)):
         return f"an image could not be decoded ({exc}). Run `python -m core audit` on the data and fix the file."
     return str(exc) or type(exc).__name__

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.train.augment import augment_batch
 from core.train.batches import BatchSource
 from core.metrics import classification_metrics
 
@@ -47,8 +48,6 @@ def extract_augmented_features(model, source: BatchSource, spec, views: int, see
     at the evaluation crop and on 68% of the same images through the training augmentation, so
     fine-tuning from it starts with a head that is wrong on most of what it is shown.
     """
-    from core.train.augment import augment_batch
-
     model.eval()
     generator = torch.Generator(device=source.device).manual_seed(seed * 15485863 + 1)
     feats, labels = [], []

@@ -14,7 +14,8 @@ from PIL import Image
 
 from core.config import AugmentSpec, TrainConfig
 from core.evaluate.costs import CostModel
-from core.evaluate.report import EvaluationOptions, build_report, write_report
+from core.evaluate.report import EvaluationOptions, build_report
+from core.evaluate.report_files import write_report
 from core.runs.launch import start_run
 
 CHROMIUM = "/usr/bin/chromium"

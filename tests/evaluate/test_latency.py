@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from core.evaluate.latency import count_parameters, deployment_profile, measure_latency
+from core.evaluate.latency import count_parameters, measure_latency
+from core.evaluate.latency_child import deployment_profile
 
 
 def test_latency_and_memory_are_measured_and_consistent(tmp_path):
@@ -25,7 +26,8 @@ def _tiny():
 
 
 def test_latency_is_timed_in_a_clean_child_process_and_says_so(tmp_path):
-    from core.evaluate.latency import CHILD, measure_in_child, save_for_timing
+    from core.evaluate.latency import CHILD
+    from core.evaluate.latency_child import measure_in_child, save_for_timing
 
     messages = []
     jobs = [save_for_timing(_tiny(), str(tmp_path), "tiny", 16), save_for_timing(_tiny(), str(tmp_path), "tiny2", 24)]
@@ -48,14 +50,14 @@ def test_latency_is_timed_in_a_clean_child_process_and_says_so(tmp_path):
 def test_without_a_child_the_latency_is_timed_here_and_labelled_a_fallback(monkeypatch):
     import threading
 
-    from core.evaluate import latency
+    from core.evaluate import latency_child
 
-    monkeypatch.setattr(latency.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(latency_child.sys, "executable", "/nonexistent/python")
     release = threading.Event()
     other = threading.Thread(target=release.wait, daemon=True)  # something else alive in this process
     other.start()
     try:
-        profile = latency.measure_latency_isolated(_tiny(), 16, batch_size=2, budget_s=0.02)
+        profile = latency_child.measure_latency_isolated(_tiny(), 16, batch_size=2, budget_s=0.02)
     finally:
         release.set()
     assert profile.measured_in.startswith("this process (fallback: the clean child process could not be started")
@@ -64,7 +66,7 @@ def test_without_a_child_the_latency_is_timed_here_and_labelled_a_fallback(monke
 
 
 def test_a_model_that_cannot_be_pickled_is_timed_here_and_says_why(tmp_path):
-    from core.evaluate.latency import measure_in_child, save_for_timing
+    from core.evaluate.latency_child import measure_in_child, save_for_timing
 
     class Local(torch.nn.Module):  # defined in a function: pickle cannot find it by name
         def forward(self, x):
@@ -91,7 +93,8 @@ def test_the_conditions_of_several_profiles_read_as_one_line():
 
 
 def test_a_child_started_ahead_times_the_models_it_is_given_later(tmp_path):
-    from core.evaluate.latency import CHILD, LatencyChild, measure_in_child, save_for_timing
+    from core.evaluate.latency import CHILD
+    from core.evaluate.latency_child import LatencyChild, measure_in_child, save_for_timing
 
     with LatencyChild() as child:  # importing while the caller works
         job = save_for_timing(_tiny(), str(tmp_path), "tiny", 16)
@@ -104,7 +107,7 @@ def test_a_child_started_ahead_times_the_models_it_is_given_later(tmp_path):
 
 
 def test_a_child_that_runs_past_its_limit_is_stopped_and_the_fallback_says_so(tmp_path):
-    from core.evaluate.latency import measure_in_child, save_for_timing
+    from core.evaluate.latency_child import measure_in_child, save_for_timing
 
     job = save_for_timing(_tiny(), str(tmp_path), "tiny", 16)
     (profile,) = measure_in_child([job], batch_size=2, budget_s=0.02, timeout_s=0.3)  # it cannot even import torch

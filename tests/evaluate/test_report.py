@@ -10,7 +10,8 @@ from core.config import AugmentSpec, TrainConfig
 from core.evaluate.evaluation import evaluate_run
 from core.cli.evaluate import main as evaluate_main
 from core.evaluate.costs import CostModel
-from core.evaluate.report import EvaluationOptions, build_report, progress_steps, with_costs, write_report
+from core.evaluate.report import EvaluationOptions, build_report, progress_steps, with_costs
+from core.evaluate.report_files import write_report
 from core.files import jsonable
 from core.runs.launch import run_inputs, start_run
 from core.runs.store import RunStore
@@ -146,7 +147,7 @@ def test_evaluate_cli_prints_json_last_and_refuses_bad_input(finished_run, tmp_p
 
 
 def test_a_failed_export_leaves_no_file_behind(finished_run, tmp_path, monkeypatch):
-    import core.evaluate.report
+    import core.evaluate.report_files
 
     runs, summary = finished_run
     report = build_report(runs, summary["run_id"], EvaluationOptions(device="cpu", baselines=False, corruptions=(),
@@ -156,11 +157,11 @@ def test_a_failed_export_leaves_no_file_behind(finished_run, tmp_path, monkeypat
 
     def broken(rows):
         raise OSError("disk full")
-    monkeypatch.setattr(core.evaluate.report, "metric_rows", broken)
+    monkeypatch.setattr(core.evaluate.report_files, "metric_rows", broken)
     with pytest.raises(OSError, match="disk full"):
         write_report(report, str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
-    monkeypatch.setattr(core.evaluate.report, "_write_atomically", lambda path, text: (_ for _ in ()).throw(OSError("full")))
+    monkeypatch.setattr(core.evaluate.report_files, "_write_atomically", lambda path, text: (_ for _ in ()).throw(OSError("full")))
     with pytest.raises(OSError):
         write_report(report, str(tmp_path / "old"))
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before, "the old report is intact"

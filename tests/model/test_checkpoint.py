@@ -10,7 +10,7 @@ import core.files
 from core.model.checkpoint import CheckpointError, load_model, load_train_state
 from core.runs.launch import start_run
 from core.runs.store import RunStore
-from core.train.loop import TrainingFailed
+from core.train.failures import TrainingFailed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

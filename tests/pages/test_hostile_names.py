@@ -240,7 +240,8 @@ class _Markup(HTMLParser):
 
 
 def test_the_html_report_shows_class_and_file_names_as_text(hostile):
-    from core.evaluate.report import EvaluationOptions, build_report, render_html
+    from core.evaluate.report import EvaluationOptions, build_report
+    from core.evaluate.report_html import render_html
 
     ws, run = hostile
     report = build_report(ws.runs_dir, run["id"], EvaluationOptions(device="cpu", baselines=False, corruptions=(),

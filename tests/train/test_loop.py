@@ -8,7 +8,8 @@ import torch
 import core.train.loop
 from core.runs.launch import load_data, start_run
 from core.runs.store import RunStore
-from core.train.loop import TrainingFailed, stage_frozen_counts
+from core.train.failures import TrainingFailed
+from core.train.loop import stage_frozen_counts
 
 
 def test_short_run_beats_chance_clearly_and_records_the_baseline(digits_dir, tiny_config, tmp_path):
@@ -78,7 +79,7 @@ def test_the_best_checkpoint_follows_the_monitored_metric_not_the_smoothed_loss(
 
 
 def test_monitor_scores_compare_the_metric_first_and_the_loss_on_ties():
-    from core.train.loop import better, monitor_score
+    from core.train.scores import better, monitor_score
 
     a = monitor_score({"val_loss": 0.5, "val_accuracy": 0.9}, "val_accuracy")
     assert better(a, []) and not better(a, a)

@@ -7,7 +7,8 @@ import core.train.loop
 from core.train.events import Note
 from core.runs.launch import start_run
 from core.runs.store import RunStore
-from core.train.loop import MIN_MICRO_BATCH, TrainingFailed, _parts, check_memory, is_out_of_memory
+from core.train.failures import TrainingFailed
+from core.train.memory import MIN_MICRO_BATCH, check_memory, is_out_of_memory, micro_batches
 
 
 def _oom_above(monkeypatch, limit: int, message: str = "CUDA out of memory. Tried to allocate 2.00 GiB"):
@@ -28,7 +29,7 @@ def _oom_above(monkeypatch, limit: int, message: str = "CUDA out of memory. Trie
 
 def test_micro_batches_cover_the_batch_once():
     for n, k in ((16, 1), (16, 2), (17, 4), (3, 8)):
-        parts = _parts(n, k)
+        parts = micro_batches(n, k)
         assert [i for p in parts for i in range(n)[p]] == list(range(n))
     assert is_out_of_memory(torch.OutOfMemoryError("x"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"))
@@ -63,7 +64,7 @@ def test_out_of_memory_below_the_minimum_batch_fails_with_advice(small_digits_di
 
 def test_a_configuration_that_cannot_fit_is_refused_before_training(small_digits_dir, tiny_config, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setattr(core.train.loop, "free_memory", lambda device: 50 * 2**20)  # 50 MB free
+    monkeypatch.setattr(core.train.memory, "free_memory", lambda device: 50 * 2**20)  # 50 MB free
     with pytest.raises(TrainingFailed, match=r"needs about .* and 50\.0 MB is free") as info:
         start_run(tiny_config.replace(image_size=224, batch_size=256, freeze_ratio=0.0), small_digits_dir,
                   str(tmp_path))
