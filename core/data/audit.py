@@ -5,8 +5,8 @@ Every problem is a ``Finding`` with a severity ("error" blocks training), the fi
 suggested fix. What a training run would refuse (one class, no validation images, no train split) is an
 error in the run's own words, from the same check (``core.data.splits.training_refusal``, ``split_dataset``).
 The images are not decoded here: ``core.data.ingest`` computed one ``ImageProbe`` per file while ingesting (a
-single read per file), and the audit works from those. The report's records are ``core.data.audit_report``'s, the
-duplicate groups ``core.data.duplicates``'.
+single read per file), and the audit works from those. The report's records and the tables of finding texts
+are ``core.data.audit_report``'s, the duplicate groups ``core.data.duplicates``'.
 
 CLI: ``python -m core audit DATA [--json] [--workspace DIR]``; see ``core.cli.audit``.
 """
@@ -22,7 +22,8 @@ from typing import Any, BinaryIO, Iterable, Sequence
 import numpy as np
 
 from core.config import TrainConfig
-from core.data.audit_report import SEVERITIES, AuditReport, ChannelStats, Finding, SizeStats
+from core.data.audit_report import (MODE_HANDLING, SEVERITIES, SKIP_FINDINGS, AuditReport, ChannelStats, Finding,
+    SizeStats)
 from core.data.duplicates import NEAR_DUPLICATE_DISTANCE, _duplicates
 from core.data.ingest import resolve_dataset
 from core.data.limits import IngestLimits
@@ -37,76 +38,6 @@ IMBALANCE_WARN_RATIO = 10.0
 SMALL_CLASS = 5
 MAX_LISTED = 200             # files / pairs listed in one finding; the message gives the full count
 UNSPLIT = "unsplit"
-
-# What the training pipeline (core.data.images.load_rgb) does with each colour mode.
-MODE_HANDLING = {
-    "L": "greyscale: copied into all three RGB channels",
-    "1": "black-and-white: expanded to RGB (0 or 255)",
-    "P": "palette: expanded to RGB (transparent entries composited on white)",
-    "PA": "palette with alpha: alpha composited on white, then RGB",
-    "RGBA": "alpha channel composited on a white background, then RGB",
-    "LA": "greyscale with alpha: composited on white, then RGB",
-    "CMYK": "converted to RGB with Pillow's plain formula (ICC profiles are ignored, so colours may "
-            "shift; export as RGB for exact colours)",
-    "I;16": "16-bit: scaled to 8 bits (value / 257), the full range is kept, nothing is clipped",
-    "I;16B": "16-bit: scaled to 8 bits (value / 257), the full range is kept, nothing is clipped",
-    "I;16L": "16-bit: scaled to 8 bits (value / 257), the full range is kept, nothing is clipped",
-    "I": "32-bit integer: 0..65535 data scaled by 1/257, other ranges stretched to 0..255",
-    "F": "floating point: 0..1 data scaled to 0..255, other ranges stretched to 0..255",
-    "YCbCr": "converted to RGB",
-}
-
-# How ingestion refusals (Skipped.code) are reported: code -> (severity, finding code, what, fix).
-SKIP_FINDINGS = {
-    "corrupt": ("warning", "corrupt_files", "corrupt files that could not be decoded were excluded",
-                "Re-export them from the original source, or delete them."),
-    "truncated": ("warning", "truncated_files", "truncated images (incomplete data) were excluded",
-                  "Copy them again from the original source; the download was probably cut off."),
-    "empty_file": ("warning", "empty_files", "empty (0-byte) files were excluded",
-                   "Delete them or copy them again from the original source."),
-    "unreadable": ("warning", "unreadable_files", "files that could not be read were excluded",
-                   "Check their permissions and copy them again."),
-    "unsupported_mode": ("warning", "unsupported_mode", "images in a colour mode that can't be "
-                         "converted to RGB were excluded", "Export them as RGB PNG or JPEG."),
-    "not_image": ("info", "non_image_files", "files that are not images were ignored",
-                  "Nothing to do, or remove them from the class folders."),
-    "hidden": ("info", "hidden_entries", "hidden or system entries (.DS_Store, __MACOSX/, "
-               "Thumbs.db, dot-files) were skipped", "Nothing to do."),
-    "pixel_bomb": ("warning", "oversized_images", "images declaring more pixels than allowed were "
-                   "refused (decompression-bomb guard)", "Resize them, or raise "
-                   "IngestLimits.max_image_pixels if they are genuine."),
-    "too_large": ("warning", "oversized_files", "files over the per-file size limit were refused",
-                  "Shrink them, or raise IngestLimits.max_file_bytes if they are genuine."),
-    "unsafe_path": ("warning", "unsafe_entries", "archive entries with unsafe names (../, absolute "
-                    "paths, drive letters, backslashes) were refused", "Re-create the archive from "
-                    "the dataset folder itself (e.g. `zip -r data.zip DATA`)."),
-    "escapes_root": ("warning", "unsafe_entries", "CSV paths pointing outside the image root were "
-                     "refused", "Make every CSV path relative to the image root, without '..'."),
-    "link": ("warning", "links_refused", "symbolic and hard links were refused",
-             "Replace links with the real files."),
-    "special_file": ("warning", "special_files", "device files, pipes and other non-regular "
-                     "entries were refused", "Remove them from the archive."),
-    "encrypted": ("warning", "encrypted_entries", "password-protected archive entries were refused",
-                  "Re-create the archive without a password."),
-    "duplicate_entry": ("warning", "duplicate_entries", "archive entries repeating an earlier name "
-                        "were refused", "Re-create the archive so every name appears once."),
-    "outside_class_folder": ("info", "outside_class_folder", "files outside any class folder were "
-                             "ignored", "Move them into DATA/<class>/ to use them."),
-    "not_split_folder": ("info", "not_split_folder", "folders beside train/ other than val/ and "
-                         "test/ were ignored", "Move their classes into train/, val/ or test/."),
-    "bad_row": ("warning", "csv_bad_rows", "CSV rows with an empty path or label, an unknown split "
-                "or a conflicting repeat were skipped", "Fix those rows in the CSV."),
-    "missing_file": ("warning", "csv_missing_files", "CSV rows naming files that don't exist were "
-                     "skipped", "Fix the paths, or pass the right image root."),
-}
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------------

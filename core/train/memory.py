@@ -1,7 +1,7 @@
 """Memory of a training run: the estimate checked before it starts (`check_memory`: weights, gradients,
 optimizer state, one batch's activations, the image cache, against what is free on the device), what to
 do when it does not fit (`memory_advice`), recognising an out-of-memory error (`is_out_of_memory`), and
-the micro-batches an epoch is retried in after one (`micro_batches`, `release_memory`).
+the micro-batches an epoch is retried in after one (`micro_batches`, `release_memory`, `split_further`).
 """
 from __future__ import annotations
 
@@ -42,6 +42,20 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def split_further(exc: BaseException, accumulate: int, config: TrainConfig, device: torch.device,
+                  resumable: bool) -> tuple[int, str]:
+    """Out of memory in `accumulate` micro-batches per step: memory released, and (twice as many, the error's
+    first line); TrainingFailed with advice where they would hold under MIN_MICRO_BATCH images or there is no
+    saved state (`resumable`) to retry the epoch from."""
+    bs = config.batch_size
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    release_memory(device)
+    if -(-bs // (accumulate * 2)) < MIN_MICRO_BATCH or not resumable:
+        raise TrainingFailed(f"out of memory on {device_name(device)} even in micro-batches of "
+                             f"{-(-bs // accumulate)} images ({first}). {memory_advice(device, config)}")
+    return accumulate * 2, first
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -4,7 +4,7 @@ The probe's head is also the fine-tune's starting head (LP-FT, Kumar et al. 2022
 fitted head instead of a random one keeps early gradients from damaging the pretrained features. When
 trainable BatchNorm layers will normalise with batch statistics, their running statistics are first
 re-estimated on the training images (AdaBN, Li et al. 2016) and the head is fitted on those features,
-so the head sees at step 1 what it was fitted on.
+so the head sees at step 1 what it was fitted on. ``set_starting_head`` sets the head fine-tuning starts from.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.config import TrainConfig
 from core.train.augment import augment_batch
 from core.train.batches import BatchSource
 from core.metrics import classification_metrics
@@ -160,3 +161,29 @@ def linear_probe(model, train: BatchSource, val: BatchSource, test: BatchSource,
             x, y = extract_features(model, source, None, channels_last)
             metrics.update(classification_metrics(y, predict(x), num_classes, f"{name}_"))
     return metrics, weight, bias
+
+
+def set_head(model, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Load a fitted (weight, bias) into the model's linear head, on the head's device."""
+    with torch.no_grad():
+        model.head.weight.copy_(weight.to(model.head.weight.device))
+        model.head.bias.copy_(bias.to(model.head.bias.device))
+
+
+def set_starting_head(model, cfg: TrainConfig, train: BatchSource, fresh_head: dict[str, torch.Tensor],
+                      num_classes: int, amp_dtype=None) -> None:
+    """The head fine-tuning starts from (`cfg.head_init`): a fresh one ("random": `fresh_head`), or the
+    probe's (LP-FT), refitted on re-estimated statistics where trainable BatchNorm layers will normalise
+    with batch statistics ("augmented_probe": refitted on augmented views of the training images)."""
+    if cfg.head_init == "random":
+        model.head.load_state_dict(fresh_head)
+        return
+    if cfg.head_init == "augmented_probe":
+        recalibrate_batchnorm(model, train, amp_dtype, cfg.channels_last)
+        x_train, y_train = extract_augmented_features(model, train, cfg.augment, cfg.probe_views, cfg.seed,
+                                                      amp_dtype, cfg.channels_last)
+    elif recalibrate_batchnorm(model, train, amp_dtype, cfg.channels_last):
+        x_train, y_train = extract_features(model, train, amp_dtype, cfg.channels_last)
+    else:
+        return
+    set_head(model, *fit_linear_head(x_train, y_train, num_classes, cfg.seed, train.device)[:2])

@@ -32,13 +32,13 @@ def test_the_check_predicts_every_pool_image_once_and_cleans_up(tmp_path, small_
 def test_an_undecided_small_validation_split_gets_a_cross_validated_check(tmp_path, small_digits_dir, tiny_config,
                                                                           monkeypatch):
     import core.train.outcome
-    import core.train.loop
+    import core.train.ending
 
     def undecided(split, *args, **kwargs):  # validation that cannot tell the two apart
         c = core.train.outcome.compare(split, *args, **kwargs)
         return core.train.outcome.Comparison(c.split, c.n, c.model, c.probe, 0.0, (-0.1, 0.1))
 
-    monkeypatch.setattr(core.train.loop, "compare", undecided)
+    monkeypatch.setattr(core.train.ending, "compare", undecided)
     notes: list[str] = []
     summary = start_run(tiny_config.replace(crossval_folds=2), small_digits_dir, str(tmp_path),
                         [lambda e: notes.append(e.message) if isinstance(e, Note) else None])
