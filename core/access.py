@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
 from core.errors import StudioError
 from core.files import write_text
 

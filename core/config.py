@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any
+
 from core.errors import StudioError
 
 OPTIMIZERS = ("adamw", "sgd")

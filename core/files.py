@@ -4,16 +4,15 @@ writer are recognisable by name and cleaned up by the next owner of the folder.
 """
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-
 import errno
 import os
 import shutil
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
+
 from core.errors import StudioError
 
 TMP_PREFIX = ".tmp-"

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from core.access import DatasetOwners, User, may_see
-from core.files import write_text
 from core.data.store import DATASET_FILE
+from core.files import write_text
 from core.runs.store import RunNotFound, RunStore
 from core.workspace import Workspace
 

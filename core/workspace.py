@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+
 from core.errors import StudioError
 
 ENV_VAR = "TRANSFER_STUDIO_WORKSPACE"

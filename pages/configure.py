@@ -2,13 +2,23 @@
 time and memory a run will take. The widgets build one TrainConfig; it is validated before anything uses it."""
 import streamlit as st
 
-from core.config import AMP_MODES, BN_STATS, COMPILE_MODES, DEVICES, HEAD_INITS, LOSSES, MONITORS, OPTIMIZERS, SCHEDULES
-from core.train import advise_setup
-from core.config import GROUP_BY, ConfigError, TrainConfig
+from core.config import (
+    AMP_MODES,
+    BN_STATS,
+    COMPILE_MODES,
+    DEVICES,
+    GROUP_BY,
+    HEAD_INITS,
+    LOSSES,
+    MONITORS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+)
+from core.plan import Suggestion, format_bytes, format_seconds, preprocess_for, quick_start, suggest_settings
 from core.runtime import default_device
-from core.plan import format_bytes, format_seconds, preprocess_for
-from core.plan import Suggestion, quick_start, suggest_settings
-from core.train import stage_frozen_counts
+from core.train import advise_setup, stage_frozen_counts
 from pages import charts, state, ui
 
 ui.through_app(__file__)

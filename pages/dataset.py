@@ -5,11 +5,11 @@ import os
 import pandas as pd
 import streamlit as st
 
-from core.runs import dataset_names
 from core.data.ingest import demo_dataset, ingest, resolve_dataset
 from core.data.store import list_datasets
 from core.data.types import ARCHIVE_SUFFIXES, IMAGE_SUFFIXES
 from core.model import ingest_csv_upload
+from core.runs import dataset_names
 from pages import charts, ui
 
 ui.through_app(__file__)

@@ -10,8 +10,15 @@ from core.evaluate import evaluate_run
 from core.runs import FINISHED
 from core.runtime import default_device
 from pages import state, ui
-from pages.evaluate_tabs import (checkpoint_mtime, compare_tab, confusion_tab, costs_tab, export_tab, per_class_tab,
-                                 report_tab)
+from pages.evaluate_tabs import (
+    checkpoint_mtime,
+    compare_tab,
+    confusion_tab,
+    costs_tab,
+    export_tab,
+    per_class_tab,
+    report_tab,
+)
 
 ui.through_app(__file__)
 

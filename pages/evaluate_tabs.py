@@ -11,13 +11,26 @@ import os
 import pandas as pd
 import streamlit as st
 
-from core.evaluate import figures
+from core.evaluate import (
+    CORRUPTIONS,
+    FINE_TUNED,
+    SEVERITIES,
+    EvaluationOptions,
+    build_report,
+    cell_images,
+    compare_evaluations,
+    cost_model,
+    default_report_dir,
+    deployment_rows,
+    error_costs,
+    figures,
+    model_rows,
+    progress_steps,
+    stored_name,
+    with_costs,
+    write_report,
+)
 from core.runs import dataset_names
-from core.evaluate import CORRUPTIONS, SEVERITIES
-from core.evaluate import cell_images, compare_evaluations
-from core.evaluate import cost_model, error_costs
-from core.evaluate import (FINE_TUNED, EvaluationOptions, build_report, default_report_dir, deployment_rows,
-                           model_rows, progress_steps, stored_name, with_costs, write_report)
 from pages import state, ui
 
 # --- session keys: widget keys are "evaluate.*"; the "…saved" keys outlive a visit to another page

@@ -1,10 +1,10 @@
 """Start: what Transfer Studio does, where you are on the way to a trained model, and a one-click demo."""
 import streamlit as st
 
-from core.runs import FINISHED
 from core.config import TrainConfig
-from core.runtime import default_device
 from core.plan import quick_start
+from core.runs import FINISHED
+from core.runtime import default_device
 from pages import ui
 
 ui.through_app(__file__)

@@ -3,14 +3,28 @@ images (a background task: core.plan.bakeoff through the process-wide TaskManage
 import pandas as pd
 import streamlit as st
 
-from core.plan.bakeoff import (DEFAULT_MAX_IMAGES, BakeoffError, BakeoffOptions, bakeoff, parameters_text,
-    result_rows, task_key, with_random_floor)
-from core.model import DEFAULT_MODEL, PARAMS_NOTE, list_catalog, resolve_entry
-from core.plan import format_seconds
-from core.evaluate import bakeoff_figure
 from core.data import demo_dataset, list_datasets
-from core.model import license_warning
-from core.model import CHECKPOINT_SUFFIXES, add_checkpoint
+from core.evaluate import bakeoff_figure
+from core.model import (
+    CHECKPOINT_SUFFIXES,
+    DEFAULT_MODEL,
+    PARAMS_NOTE,
+    add_checkpoint,
+    license_warning,
+    list_catalog,
+    resolve_entry,
+)
+from core.plan import format_seconds
+from core.plan.bakeoff import (
+    DEFAULT_MAX_IMAGES,
+    BakeoffError,
+    BakeoffOptions,
+    bakeoff,
+    parameters_text,
+    result_rows,
+    task_key,
+    with_random_floor,
+)
 from pages import state, ui
 
 ui.through_app(__file__)

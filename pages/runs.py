@@ -5,8 +5,7 @@ import os
 
 import streamlit as st
 
-from core.runs import FINISHED, RESUMABLE, config_table, dataset_names, epoch_curves, run_table
-from core.runs import ACTIVE, MAX_NAME
+from core.runs import ACTIVE, FINISHED, MAX_NAME, RESUMABLE, config_table, dataset_names, epoch_curves, run_table
 from pages import charts, state, ui
 
 ui.through_app(__file__)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui import (DATASET, PAGES, current_checkpoint, current_model, dataset_name, device_label, job_manager,
-                      md_escape, user, workspace)
+from pages.ui import (
+    DATASET,
+    PAGES,
+    current_checkpoint,
+    current_model,
+    dataset_name,
+    device_label,
+    job_manager,
+    md_escape,
+    user,
+    workspace,
+)
 
 
 def show(container) -> None:

@@ -18,8 +18,22 @@ import streamlit as st
 
 from core import sessions
 from core.config import AugmentSpec, TrainConfig
-from pages.ui import (CANDIDATES, CHECKPOINT, CONFIG, DATASET, EXTRA_MODELS, MODEL, PAGES, RUN, RUN_ASKED,
-                      SUGGESTED_FOR, USER, job_manager, user, workspace)
+from pages.ui import (
+    CANDIDATES,
+    CHECKPOINT,
+    CONFIG,
+    DATASET,
+    EXTRA_MODELS,
+    MODEL,
+    PAGES,
+    RUN,
+    RUN_ASKED,
+    SUGGESTED_FOR,
+    USER,
+    job_manager,
+    user,
+    workspace,
+)
 
 log = logging.getLogger("transfer_studio")
 

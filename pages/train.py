@@ -4,11 +4,10 @@ job, and nothing here restarts it."""
 import streamlit as st
 
 from core import sessions
-from core.train import advise_run
+from core.plan import format_bytes, format_seconds
 from core.runs import gradient_frame, snapshot_curves, steps_per_epoch
 from core.runtime import default_device
-from core.plan import format_bytes, format_seconds
-from core.train import adaptation_summary
+from core.train import adaptation_summary, advise_run
 from pages import charts, ui
 
 ui.through_app(__file__)

@@ -18,10 +18,9 @@ from typing import Any, NamedTuple, TypeVar
 import streamlit as st
 
 from core.access import AccessPolicy, DatasetOwners, User
-from core.model import DEFAULT_MODEL
 from core.config import AugmentSpec, TrainConfig
-from core.runs import JobManager
-from core.runs import BUGS, USER_ERRORS, TaskSnapshot
+from core.model import DEFAULT_MODEL
+from core.runs import BUGS, USER_ERRORS, JobManager, TaskSnapshot
 from core.workspace import Workspace
 
 T = TypeVar("T")

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Sequence
 import time
 from pathlib import Path
+from typing import Sequence
+
+from core.cli.args import USER_ERRORS, ArgParser, UsageError
 from core.data.audit import audit_dataset
 from core.data.audit_report import format_report
 from core.data.duplicates import NEAR_DUPLICATE_DISTANCE
-from core.cli.args import ArgParser, UsageError
 from core.data.store import DATASET_FILE
-from core.cli.args import USER_ERRORS
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import sys
 from typing import Sequence
-from core.plan.bakeoff import DEFAULT_MAX_IMAGES, BakeoffOptions, bakeoff
-from core.cli.args import ArgParser, UsageError
-from core.cli.args import USER_ERRORS, user_error
-from core.files import jsonable
 
+from core.cli.args import USER_ERRORS, ArgParser, UsageError, user_error
+from core.files import jsonable
+from core.plan.bakeoff import DEFAULT_MAX_IMAGES, BakeoffOptions, bakeoff
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import sys
 from typing import Sequence
-from core.cli.args import ArgParser, UsageError
-from core.cli.args import USER_ERRORS, user_error
+
+from core.cli.args import USER_ERRORS, ArgParser, UsageError, user_error
 from core.evaluate.corruptions import CORRUPTIONS
 from core.evaluate.costs import cost_model
 from core.evaluate.report import EvaluationOptions, build_report
 from core.evaluate.report_files import default_report_dir, summary_dict, write_report
-
 
 
 # ------------------------------------------------------------------------------------------------ CLI

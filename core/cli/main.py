@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from core.config import ConfigError, TrainConfig
 from core.cli.args import USER_ERRORS, user_error
+from core.config import ConfigError, TrainConfig
 
 DEFAULT_RUNS_DIR = "runs"
 

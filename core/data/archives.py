@@ -18,7 +18,6 @@ from core.data.limits import _CHUNK, _RATIO_FLOOR_MEMBER, _RATIO_FLOOR_TOTAL, In
 from core.data.paths import _hidden_prefix, _hidden_skip, _inside, safe_relative_path
 from core.data.types import ImageError, IngestError, Skipped
 
-
 # tarfile reads a compressed stream in blocks of this size (its default bufsize) and decompresses each
 # whole: a member's output may come from up to one block read before the member started.
 _TAR_READ_AHEAD = tarfile.RECORDSIZE

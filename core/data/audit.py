@@ -22,8 +22,15 @@ from typing import Any, BinaryIO, Iterable, Sequence
 import numpy as np
 
 from core.config import TrainConfig
-from core.data.audit_report import (MODE_HANDLING, SEVERITIES, SKIP_FINDINGS, AuditReport, ChannelStats, Finding,
-    SizeStats)
+from core.data.audit_report import (
+    MODE_HANDLING,
+    SEVERITIES,
+    SKIP_FINDINGS,
+    AuditReport,
+    ChannelStats,
+    Finding,
+    SizeStats,
+)
 from core.data.duplicates import NEAR_DUPLICATE_DISTANCE, _duplicates
 from core.data.ingest import resolve_dataset
 from core.data.limits import IngestLimits

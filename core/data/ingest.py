@@ -44,8 +44,19 @@ from core.data.images import _run_tasks
 from core.data.layout import _Candidate, _find_csv, _scan_csv, _scan_folder, _unwrap
 from core.data.limits import _CHUNK, IngestLimits, _total_budget
 from core.data.paths import _inside
-from core.data.store import (DATASET_FILE, PROBE_VERSION, PROBES_FILE, _atomic_write_json, _datasets_dir, _index,
-                             _indexed, clean_stale_staging, dataset_hash, load_dataset, load_dataset_dir)
+from core.data.store import (
+    DATASET_FILE,
+    PROBE_VERSION,
+    PROBES_FILE,
+    _atomic_write_json,
+    _datasets_dir,
+    _index,
+    _indexed,
+    clean_stale_staging,
+    dataset_hash,
+    load_dataset,
+    load_dataset_dir,
+)
 from core.data.types import Dataset, ImageError, IngestError, Sample, Skipped
 
 

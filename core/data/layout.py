@@ -14,7 +14,6 @@ from core.data.limits import IngestLimits
 from core.data.paths import _DRIVE, _hidden_skip, is_hidden
 from core.data.types import IngestError, Skipped
 
-
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": "train", "training": "train",

@@ -7,7 +7,6 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 
-
 _CHUNK = 1 << 20
 
 

@@ -8,7 +8,6 @@ import re
 
 from core.data.types import ImageError, Skipped
 
-
 # Operating-system litter that must never become a class or an image (dot-names are caught separately).
 SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini", "ehthumbs.db", "$recycle.bin",
                           "system volume information", "icon\r"})

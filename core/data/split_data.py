@@ -9,7 +9,6 @@ from typing import Sequence
 from core.data.splits import training_refusal
 from core.errors import StudioError
 
-
 SPLITS = ("train", "val", "test")
 
 

@@ -20,7 +20,6 @@ from core.data.limits import IngestLimits
 from core.data.types import Dataset, ImageProbe, IngestError, Sample, Skipped
 from core.files import clean_leftovers, write_text
 
-
 DATASET_FILE = "dataset.json"
 PROBES_FILE = "probes.json"
 PROBE_VERSION = 1

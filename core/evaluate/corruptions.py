@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
 from core.errors import StudioError
 
 SEVERITIES = (1, 2, 3)

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from core.stats import bootstrap_mean_interval
 from core.errors import StudioError
+from core.stats import bootstrap_mean_interval
 
 
 class CostError(StudioError, ValueError):

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
-from core.model.checkpoint import load_model
-from core.train.batches import BatchSource
 from core.data.split_data import Split
-from core.metrics import classification_metrics
-from core.train.outcome import PROBE
-from core.runs.launch import run_inputs
-from core.stats import Calibration, McNemarResult, bootstrap_intervals, calibration, mcnemar
-from core.runs.store import RunStore
 from core.errors import StudioError
+from core.metrics import classification_metrics
+from core.model.checkpoint import load_model
+from core.runs.launch import run_inputs
+from core.runs.store import RunStore
+from core.stats import Calibration, McNemarResult, bootstrap_intervals, calibration, mcnemar
+from core.train.batches import BatchSource
+from core.train.outcome import PROBE
 
 TOP_K = (3, 5)  # top-k accuracies reported where k is below the number of classes
 N_HIGHEST_LOSS = 20  # highest-loss images listed

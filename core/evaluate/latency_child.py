@@ -23,8 +23,15 @@ from typing import Any, Callable
 
 import torch
 
-from core.evaluate.latency import (MIB, CHILD, IN_PROCESS, DeploymentProfile, LatencyProfile, count_parameters,
-    measure_latency)
+from core.evaluate.latency import (
+    CHILD,
+    IN_PROCESS,
+    MIB,
+    DeploymentProfile,
+    LatencyProfile,
+    count_parameters,
+    measure_latency,
+)
 from core.runtime import dtype_name
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the folder holding the `core` package

@@ -31,8 +31,15 @@ from core.data.splits import read_manifest, stratified_subset
 from core.evaluate import baselines as bl
 from core.evaluate.corruptions import CORRUPTIONS, SEVERITIES, CorruptionError
 from core.evaluate.costs import CostModel, ModelCost, error_costs
-from core.evaluate.evaluation import (EvaluationError, Predictions, RunEvaluation, best_checkpoint, predict_images,
-    recorded_baseline, summarize)
+from core.evaluate.evaluation import (
+    EvaluationError,
+    Predictions,
+    RunEvaluation,
+    best_checkpoint,
+    predict_images,
+    recorded_baseline,
+    summarize,
+)
 from core.evaluate.latency import DeploymentProfile
 from core.evaluate.latency_child import deployment_profile
 from core.evaluate.robustness import DriftResult, RobustnessResult, corruption_sweep, drift, drift_images

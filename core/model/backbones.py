@@ -12,10 +12,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.model.catalog import (CHECKPOINT, OFFLINE, OFFLINE_CHOICES, TIMM_HUB, TORCHVISION, CatalogEntry,
-    CatalogError, HUB_HOSTS, availability, hub_reachable, offline_weights_path, resolve_entry)
-from core.model.preprocess import PreprocessSpec
 from core.errors import StudioError
+from core.model.catalog import (
+    CHECKPOINT,
+    HUB_HOSTS,
+    OFFLINE,
+    OFFLINE_CHOICES,
+    TIMM_HUB,
+    TORCHVISION,
+    CatalogEntry,
+    CatalogError,
+    availability,
+    hub_reachable,
+    offline_weights_path,
+    resolve_entry,
+)
+from core.model.preprocess import PreprocessSpec
 
 
 class WeightsError(StudioError, ValueError):

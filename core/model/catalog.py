@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 from typing import Any
+
 from core.errors import StudioError
 
 OFFLINE, TIMM_HUB, TORCHVISION, CHECKPOINT = "offline", "timm", "torchvision", "checkpoint"

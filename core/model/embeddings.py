@@ -11,10 +11,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
-from core.model.backbones import load_backbone
 import torch.nn.functional as F
 
+from core.model.backbones import load_backbone
 from core.model.cache import build_cache
 from core.model.preprocess import PreprocessSpec
 from core.runtime import resolve_amp, resolve_device

@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from core.model.backbones import WeightsError, load_backbone
 from core.data.ingest import ingest
 from core.data.limits import IngestLimits
 from core.data.paths import is_hidden
 from core.data.types import Dataset, IngestError
+from core.model.backbones import WeightsError, load_backbone
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 MAX_CHECKPOINT_BYTES = 4 * 1024**3

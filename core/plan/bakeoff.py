@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from core.config import TrainConfig
 from core.data.split_data import from_manifest
 from core.data.splits import stratified_subset
@@ -38,12 +39,11 @@ from core.evaluate.latency_child import measure_in_child, save_for_timing
 from core.metrics import classification_metrics
 from core.model.backbones import load_backbone
 from core.model.cache import build_cache
-from core.model.catalog import CatalogError, PARAMS_NOTE, get_entry, resolve_entry
+from core.model.catalog import PARAMS_NOTE, CatalogError, get_entry, resolve_entry
 from core.model.embeddings import embed
 from core.runs.launch import prepare_data
 from core.runtime import device_description, dtype_name, resolve_amp, resolve_device
 from core.stats import bootstrap_intervals, overlaps
-
 
 RANDOM_SUFFIX = ":random"
 DEFAULT_MAX_IMAGES = 1000

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.config import TrainConfig
 from core.data.audit import audit_dataset
 from core.data.audit_report import AuditReport
-from core.train.augment import preview_grid
-from core.config import TrainConfig
 from core.data.images import load_rgb
 from core.data.ingest import resolve_dataset
-from core.data.types import Dataset, Sample
 from core.data.splits import Manifest
+from core.data.types import Dataset, Sample
 from core.plan.estimate import preprocess_for
 from core.runs.launch import prepare_data
+from core.train.augment import preview_grid
 
 # how a pair finding is titled on the page, in order of concern
 PAIR_CODES = ("split_leakage", "conflicting_labels", "near_duplicate_leakage", "near_duplicate_conflicting_labels",

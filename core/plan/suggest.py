@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.config import TrainConfig
 from core.data.audit import IMBALANCE_WARN_RATIO
 from core.data.audit_report import AuditReport
-from core.config import TrainConfig
 
 DOMAIN_GAP = 0.15  # largest per-channel mean difference from the model's normalisation (the audit's)
 CPU_MIN_SIZE = 64  # pretrained features degrade fast below this

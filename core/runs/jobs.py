@@ -15,12 +15,23 @@ from typing import Any
 from core.access import User, check_may_act, may_see
 from core.config import TrainConfig
 from core.data.split_data import SplitData
-from core.train.events import (BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, GradientStats, Note,
-    RunStarted, StageChanged, Validated)
-from core.runs.runlock import RunLocked
 from core.runs.launch import check_not_trained, execute_run, new_run, run_inputs
+from core.runs.runlock import RunLocked
 from core.runs.store import RunBusy, RunStore
 from core.runs.tasks import TaskManager
+from core.train.events import (
+    BaselineDone,
+    BatchEnd,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    GradientStats,
+    Note,
+    RunStarted,
+    StageChanged,
+    Validated,
+)
 
 
 @dataclass(frozen=True)

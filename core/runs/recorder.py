@@ -8,8 +8,19 @@ import time
 from typing import Callable
 
 from core.runs.store import RunStore
-from core.train.events import (BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, GradientStats, Note,
-                               RunStarted, StageChanged, Validated)
+from core.train.events import (
+    BaselineDone,
+    BatchEnd,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    GradientStats,
+    Note,
+    RunStarted,
+    StageChanged,
+    Validated,
+)
 
 
 class StoreTracker:

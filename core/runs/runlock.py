@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+
 from core.errors import StudioError
 
 try:

@@ -18,6 +18,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
+
 from core.errors import StudioError
 from core.runs.runlock import RunLock, RunLocked, is_trained_now
 

@@ -17,6 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable
+
 from core.errors import StudioError
 
 USER_ERRORS = (StudioError, OSError)  # what the user can act on (its message says how); anything else is a bug

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.data.audit import IMBALANCE_WARN_RATIO
 from core.config import TrainConfig
+from core.data.audit import IMBALANCE_WARN_RATIO
 
 # --- setup: a tiny dataset with (nearly) the whole network unfrozen
 TINY_PER_CLASS = 100  # fewer images per class than this cannot retrain a whole ImageNet trunk

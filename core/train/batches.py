@@ -7,9 +7,9 @@ from typing import Iterator
 
 import torch
 
+from core.data.split_data import Split
 from core.model.cache import build_cache, decode
 from core.model.preprocess import PreprocessSpec
-from core.data.split_data import Split
 
 
 class _Decoded(torch.utils.data.Dataset):

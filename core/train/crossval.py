@@ -21,8 +21,8 @@ import numpy as np
 from core.config import TrainConfig
 from core.data.split_data import Split, SplitData
 from core.train.events import Dispatcher
-from core.train.outcome import Comparison, compare
 from core.train.loop import Trainer
+from core.train.outcome import Comparison, compare
 
 MAX_POOL = 20_000  # above this many images the check would cost more than the run itself; validation is large anyway
 

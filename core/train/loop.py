@@ -22,33 +22,44 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from core.train.augment import augment_batch
-from core.train.explain import explain
-from core.model.backbones import load_backbone
-from core.model.checkpoint import copy_model, load_train_state, read_weights, save_model
 from core.config import TrainConfig
-from core.train.batches import BatchSource
 from core.data.split_data import SplitData
+from core.metrics import classification_metrics
+from core.model.backbones import load_backbone
 from core.model.cache import cache_bytes, memory_budget
+from core.model.checkpoint import copy_model, load_train_state, read_weights, save_model
+from core.model.transfer import TransferModel
+from core.runtime import device_name, resolve_amp, resolve_device, seed_everything
+from core.train.augment import augment_batch
+from core.train.batches import BatchSource
 from core.train.ending import final_outcome, run_summary, second_opinion
+from core.train.events import (
+    BaselineDone,
+    BatchEnd,
+    Dispatcher,
+    EpochEnd,
+    Failed,
+    Finished,
+    GradientStats,
+    Note,
+    RunStarted,
+    StageChanged,
+    Validated,
+)
+from core.train.explain import explain
 from core.train.failures import TrainingFailed
+from core.train.gradients import POINTS_PER_EPOCH, GradientMonitor
+from core.train.losses import make_loss
 from core.train.memory import check_memory, is_out_of_memory, micro_batches, split_further
 from core.train.mixing import mix_batch
-from core.train.predict import predict
 from core.train.optim import l2sp_penalty, make_optimizer, new_ema
+from core.train.outcome import FINE_TUNED, PROBE, choose
+from core.train.predict import predict
+from core.train.probe import linear_probe, set_head, set_starting_head
+from core.train.schedules import make_scheduler
 from core.train.scores import better, monitor_score
 from core.train.state import Checkpoints, LoopState, load_state, save_state, saved_loop_state
 from core.train.wise_ft import wise_ft
-from core.train.events import (BaselineDone, BatchEnd, Dispatcher, EpochEnd, Failed, Finished, GradientStats, Note,
-    RunStarted, StageChanged, Validated)
-from core.train.gradients import POINTS_PER_EPOCH, GradientMonitor
-from core.train.losses import make_loss
-from core.metrics import classification_metrics
-from core.model.transfer import TransferModel
-from core.train.outcome import FINE_TUNED, PROBE, choose
-from core.train.probe import linear_probe, set_head, set_starting_head
-from core.train.schedules import make_scheduler
-from core.runtime import device_name, resolve_amp, resolve_device, seed_everything
 
 COMPILE_MIN_STEPS = 1500  # below this, torch.compile's 16-40 s warm-up costs more than it saves
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from core.config import TrainConfig
+from core.metrics import classification_metrics
 from core.train.augment import augment_batch
 from core.train.batches import BatchSource
-from core.metrics import classification_metrics
 
 
 def _inputs(source: BatchSource, channels_last: bool):

@@ -10,8 +10,18 @@ import os
 import sys
 from typing import Callable
 
-from core.train.events import (BaselineDone, BatchEnd, EpochEnd, Event, Failed, Finished, Note,
-    RunStarted, StageChanged, Validated)
+from core.train.events import (
+    BaselineDone,
+    BatchEnd,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    Note,
+    RunStarted,
+    StageChanged,
+    Validated,
+)
 
 
 class ConsoleProgress:

@@ -164,7 +164,8 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cli = {c["name"]: c for c in json.loads(out.stdout.strip().splitlines()[-1])["candidates"]}
     cli_ms = cli[name]["latency_ms_batch1"]
-    agrees(watched_ms, cli_ms, conditions, f"bake-off, {name}")
+    cli_conditions = cli[name].get("latency_conditions", "")
+    agrees(watched_ms, cli_ms, conditions, f"bake-off, {name}", cli_conditions)
 
     # the same run's report from the command line: the same accuracy, and the latency within 30%
     out = subprocess.run([sys.executable, "-m", "core", "evaluate", run_id, "--runs-dir",
@@ -173,14 +174,19 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cli = json.loads(out.stdout.strip().splitlines()[-1])
     assert f"{cli['evaluation']['metrics']['accuracy']:.1%}" == train_accuracy
-    agrees(report_ms, cli["deployment"]["latency"]["latency_ms_batch1"], report_conditions, "report")
+    latency = cli["deployment"]["latency"]
+    agrees(report_ms, latency["latency_ms_batch1"], report_conditions, "report",
+           "something competed" if (latency.get("others_cpu") or 0) >= 0.5 else "")
 
 
-def agrees(page_ms: float, cli_ms: float, conditions: str, what: str) -> None:
+def agrees(page_ms: float, cli_ms: float, conditions: str, what: str, cli_conditions: str = "") -> None:
     """A latency the page measured against the CLI's on the same model: within 30%, unless the page said that
-    something competed while it timed (a shared CI machine), in which case it must call its figure pessimistic."""
+    something competed while it timed (a shared CI machine), in which case it must call its figure pessimistic;
+    nor when the CLI's own timing was competed with (its figure is then no reference)."""
     if "something competed" in conditions:
         assert "pessimistic" in conditions, conditions
+    elif "something competed" in cli_conditions:
+        print(f"{what}: the CLI's timing was competed with ({cli_conditions}); not compared")
     else:
         assert 0.7 <= page_ms / cli_ms <= 1.3, f"{what}: {page_ms} ms/image on the page, {cli_ms} from the CLI " \
-                                               f"({conditions})"
+                                               f"({conditions} | CLI: {cli_conditions})"

@@ -64,12 +64,11 @@ def test_a_task_key_differs_with_the_data_and_every_option():
 
 def test_the_bakeoff_splits_the_data_as_the_configured_run_would(small_digits_dir, tmp_path, monkeypatch):
     import core.plan.bakeoff
-    import core.runs.launch
     from core.config import TrainConfig
 
     seen = []
-    original = core.runs.launch.prepare_data
-    monkeypatch.setattr(core.runs.launch, "prepare_data", lambda source, config, ws: seen.append(config) or
+    original = core.plan.bakeoff.prepare_data
+    monkeypatch.setattr(core.plan.bakeoff, "prepare_data", lambda source, config, ws: seen.append(config) or
                         original(source, config, ws))
     monkeypatch.setattr(core.plan.bakeoff, "run_bakeoff", lambda data, options, progress: data)
     options = BakeoffOptions(("efficientnet_lite0", "efficientnet_lite0:random"))
