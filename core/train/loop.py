@@ -4,12 +4,8 @@ It knows nothing of the UI: everything it has to say goes out as events through 
 only way in is `should_stop`, checked at batch boundaries. Checkpoints are written at each epoch's end
 (the full state for resuming) and whenever validation loss improves (the best model).
 
-Helpers with one job of their own live beside it: the memory check and out-of-memory retries
-(core.train.memory), mixup and CutMix (core.train.mixing), comparing validation scores (core.train.scores),
-the WiSE-FT mix (core.train.wise_ft), the optimizer, L2-SP and EMA (core.train.optim), the loop's state and
-checkpoint files (core.train.state), evaluation passes (core.train.predict), the probe and starting heads
-(core.train.probe), what happens after the last epoch (core.train.ending), TrainingFailed
-(core.train.failures) and the message a failure reports (core.train.explain).
+Its helpers, one job each, live beside it in core.train: memory, mixing, scores, wise_ft, optim, state,
+predict, probe, ending (after the last epoch), failures and explain.
 """
 from __future__ import annotations
 
