@@ -84,9 +84,9 @@ def test_the_conditions_of_several_profiles_read_as_one_line():
     def profile(size, others):
         return LatencyProfile("cpu (x, 2 threads)", "bf16", size, 32, 1.0, 0.5, 2000.0, 10.0, "rss", 0.4, 2, 2,
                               CHILD, others, 0)
-    quiet = shared_conditions([profile(64, 0.1), profile(96, 0.2)])
+    quiet = shared_conditions([profile(64, 0.1), profile(96, 0.15)])
     assert quiet == ("measured in a clean child process, one model after another; cpu (x, 2 threads), bf16; 64/96 px "
-                     "input, batch 1 and 32; load average 0.4 on 2 cores before; other processes used up to 0.2 "
+                     "input, batch 1 and 32; load average 0.4 on 2 cores before; other processes used up to 0.1 "
                      "cores while timing")
     assert shared_conditions([profile(64, 0.1), profile(64, 1.5)]).endswith("these figures are pessimistic)")
     assert LatencyProfile.from_dict({**profile(64, 0.1).to_dict(), "unknown": 1}) == profile(64, 0.1)
