@@ -161,33 +161,44 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
             "--workspace", str(tmp_path / "cli")]
     if size:
         args += ["--image-size", size.group(1)]
-    out = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    cli = {c["name"]: c for c in json.loads(out.stdout.strip().splitlines()[-1])["candidates"]}
-    cli_ms = cli[name]["latency_ms_batch1"]
-    cli_conditions = cli[name].get("latency_conditions", "")
-    agrees(watched_ms, cli_ms, conditions, f"bake-off, {name}", cli_conditions)
+
+    def cli_bakeoff() -> tuple[float, str]:
+        out = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        cli = {c["name"]: c for c in json.loads(out.stdout.strip().splitlines()[-1])["candidates"]}
+        return cli[name]["latency_ms_batch1"], cli[name].get("latency_conditions", "")
+    agrees(watched_ms, conditions, f"bake-off, {name}", cli_bakeoff)
 
     # the same run's report from the command line: the same accuracy, and the latency within 30%
-    out = subprocess.run([sys.executable, "-m", "core", "evaluate", run_id, "--runs-dir",
-                          os.path.join(server.workspace, "runs"), "--no-baselines", "--corruptions", "none",
-                          "--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    cli = json.loads(out.stdout.strip().splitlines()[-1])
-    assert f"{cli['evaluation']['metrics']['accuracy']:.1%}" == train_accuracy
-    latency = cli["deployment"]["latency"]
-    agrees(report_ms, latency["latency_ms_batch1"], report_conditions, "report",
-           "something competed" if (latency.get("others_cpu") or 0) >= CONTENDED_CORES else "")
+    def cli_report() -> tuple[float, str]:
+        out = subprocess.run([sys.executable, "-m", "core", "evaluate", run_id, "--runs-dir",
+                              os.path.join(server.workspace, "runs"), "--no-baselines", "--corruptions", "none",
+                              "--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        cli = json.loads(out.stdout.strip().splitlines()[-1])
+        assert f"{cli['evaluation']['metrics']['accuracy']:.1%}" == train_accuracy
+        latency = cli["deployment"]["latency"]
+        return latency["latency_ms_batch1"], ("something competed" if (latency.get("others_cpu") or 0)
+                                               >= CONTENDED_CORES else "quiet")
+    agrees(report_ms, report_conditions, "report", cli_report)
 
 
-def agrees(page_ms: float, cli_ms: float, conditions: str, what: str, cli_conditions: str = "") -> None:
-    """A latency the page measured against the CLI's on the same model: within 30%, unless the page said that
-    something competed while it timed (a shared CI machine), in which case it must call its figure pessimistic;
-    nor when the CLI's own timing was competed with (its figure is then no reference)."""
+def agrees(page_ms: float, conditions: str, what: str, measure, tries: int = 3) -> None:
+    """A latency the page measured against the CLI's (`measure()` -> ms, conditions) on the same model: within 30%
+    of one of up to `tries` CLI timings (a VM's timings at batch 1 vary between runs by up to 2x even when nothing
+    else runs: 8.1 vs 16.0 ms seen in CI; a figure the page measured wrongly, as under Streamlit's default GC, was
+    off by hundreds of times). Not compared when the page said that something competed while it timed, in
+    which case it must call its figure pessimistic, nor against a CLI timing that was itself competed with."""
     if "something competed" in conditions:
         assert "pessimistic" in conditions, conditions
-    elif "something competed" in cli_conditions:
-        print(f"{what}: the CLI's timing was competed with ({cli_conditions}); not compared")
-    else:
-        assert 0.7 <= page_ms / cli_ms <= 1.3, f"{what}: {page_ms} ms/image on the page, {cli_ms} from the CLI " \
-                                               f"({conditions} | CLI: {cli_conditions})"
+        return
+    seen = []
+    for _ in range(tries):
+        cli_ms, cli_conditions = measure()
+        seen.append((round(cli_ms, 2), cli_conditions))
+        if "something competed" not in cli_conditions and 0.7 <= page_ms / cli_ms <= 1.3:
+            return
+    quiet = [ms for ms, c in seen if "something competed" not in c]
+    assert not quiet, f"{what}: {page_ms} ms/image on the page ({conditions}), the CLI's: {seen}"
+    print(f"{what}: every CLI timing was competed with ({seen}); not compared")
