@@ -10,8 +10,7 @@ the public API; each is imported on first use, so `import core.config` does not 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module that defines it
     "AugmentSpec": "core.config",
@@ -35,9 +34,4 @@ _EXPORTS = {  # name -> the module that defines it
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

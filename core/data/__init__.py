@@ -12,32 +12,27 @@ Its public names, imported on first use (so `import core.data.<module>` stays li
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'ARCHIVE_SUFFIXES': 'types',
-    'DATASET_FILE': 'store',
-    'DataError': 'split_data',
-    'Dataset': 'types',
-    'IMAGE_SUFFIXES': 'types',
-    'IngestError': 'types',
-    'NEAR_DUPLICATE_DISTANCE': 'duplicates',
-    'Sample': 'types',
-    'SplitError': 'splits',
-    'audit_dataset': 'audit',
-    'demo_dataset': 'ingest',
-    'format_report': 'audit_report',
-    'list_datasets': 'store',
-    'load_dataset': 'store',
-    'read_manifest': 'splits',
-    'resolve_dataset': 'ingest',
-    'split_dataset': 'splits',
+    'ARCHIVE_SUFFIXES': '.types',
+    'DATASET_FILE': '.store',
+    'DataError': '.split_data',
+    'Dataset': '.types',
+    'IMAGE_SUFFIXES': '.types',
+    'IngestError': '.types',
+    'NEAR_DUPLICATE_DISTANCE': '.duplicates',
+    'Sample': '.types',
+    'SplitError': '.splits',
+    'audit_dataset': '.audit',
+    'demo_dataset': '.ingest',
+    'format_report': '.audit_report',
+    'list_datasets': '.store',
+    'load_dataset': '.store',
+    'read_manifest': '.splits',
+    'resolve_dataset': '.ingest',
+    'split_dataset': '.splits',
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

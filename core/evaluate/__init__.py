@@ -11,40 +11,35 @@ Its public names, imported on first use (so `import core.evaluate.<module>` stay
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'CORRUPTIONS': 'corruptions',
-    'CorruptionError': 'corruptions',
-    'CostError': 'costs',
-    'EvaluationError': 'evaluation',
-    'EvaluationOptions': 'report',
-    'EvaluationReport': 'report',
-    'FINE_TUNED': 'report',
-    'SEVERITIES': 'corruptions',
-    'bakeoff_figure': 'figures',
-    'build_report': 'report',
-    'cell_images': 'evaluation',
-    'compare_evaluations': 'evaluation',
-    'cost_model': 'costs',
-    'default_report_dir': 'report_files',
-    'deployment_rows': 'tables',
-    'error_costs': 'costs',
-    'evaluate_run': 'evaluation',
-    'model_rows': 'tables',
-    'plot_text': 'figures',
-    'progress_steps': 'report',
-    'stored_name': 'report',
-    'summary_dict': 'report_files',
-    'titled': 'figures',
-    'with_costs': 'report',
-    'write_report': 'report_files',
+    'CORRUPTIONS': '.corruptions',
+    'CorruptionError': '.corruptions',
+    'CostError': '.costs',
+    'EvaluationError': '.evaluation',
+    'EvaluationOptions': '.report',
+    'EvaluationReport': '.report',
+    'FINE_TUNED': '.report',
+    'SEVERITIES': '.corruptions',
+    'bakeoff_figure': '.figures',
+    'build_report': '.report',
+    'cell_images': '.evaluation',
+    'compare_evaluations': '.evaluation',
+    'cost_model': '.costs',
+    'default_report_dir': '.report_files',
+    'deployment_rows': '.tables',
+    'error_costs': '.costs',
+    'evaluate_run': '.evaluation',
+    'model_rows': '.tables',
+    'plot_text': '.figures',
+    'progress_steps': '.report',
+    'stored_name': '.report',
+    'summary_dict': '.report_files',
+    'titled': '.figures',
+    'with_costs': '.report',
+    'write_report': '.report_files',
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

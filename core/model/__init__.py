@@ -11,29 +11,24 @@ Its public names, imported on first use (so `import core.model.<module>` stays l
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'CHECKPOINT_SUFFIXES': 'uploads',
-    'CatalogError': 'catalog',
-    'CheckpointError': 'checkpoint',
-    'DEFAULT_MODEL': 'catalog',
-    'PARAMS_NOTE': 'catalog',
-    'PreprocessSpec': 'preprocess',
-    'TransferModel': 'transfer',
-    'add_checkpoint': 'uploads',
-    'ingest_csv_upload': 'uploads',
-    'license_warning': 'licenses',
-    'list_catalog': 'catalog',
-    'load_backbone': 'backbones',
-    'load_model': 'checkpoint',
-    'resolve_entry': 'catalog',
+    'CHECKPOINT_SUFFIXES': '.uploads',
+    'CatalogError': '.catalog',
+    'CheckpointError': '.checkpoint',
+    'DEFAULT_MODEL': '.catalog',
+    'PARAMS_NOTE': '.catalog',
+    'PreprocessSpec': '.preprocess',
+    'TransferModel': '.transfer',
+    'add_checkpoint': '.uploads',
+    'ingest_csv_upload': '.uploads',
+    'license_warning': '.licenses',
+    'list_catalog': '.catalog',
+    'load_backbone': '.backbones',
+    'load_model': '.checkpoint',
+    'resolve_entry': '.catalog',
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -8,33 +8,28 @@ Its public names, imported on first use (so `import core.plan.<module>` stays li
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'BakeoffError': 'bakeoff',
-    'BakeoffOptions': 'bakeoff',
-    'DEFAULT_MAX_IMAGES': 'bakeoff',
-    'Suggestion': 'suggest',
-    'augmentation_preview': 'overview',
-    'dataset_overview': 'overview',
-    'estimate_run': 'estimate',
-    'format_bytes': 'estimate',
-    'format_seconds': 'estimate',
-    'parameters_text': 'bakeoff',
-    'preprocess_for': 'estimate',
-    'quick_start': 'suggest',
-    'result_rows': 'bakeoff',
-    'setup_key': 'estimate',
-    'sharing_note': 'estimate',
-    'suggest_settings': 'suggest',
-    'task_key': 'bakeoff',
-    'with_random_floor': 'bakeoff',
+    'BakeoffError': '.bakeoff',
+    'BakeoffOptions': '.bakeoff',
+    'DEFAULT_MAX_IMAGES': '.bakeoff',
+    'Suggestion': '.suggest',
+    'augmentation_preview': '.overview',
+    'dataset_overview': '.overview',
+    'estimate_run': '.estimate',
+    'format_bytes': '.estimate',
+    'format_seconds': '.estimate',
+    'parameters_text': '.bakeoff',
+    'preprocess_for': '.estimate',
+    'quick_start': '.suggest',
+    'result_rows': '.bakeoff',
+    'setup_key': '.estimate',
+    'sharing_note': '.estimate',
+    'suggest_settings': '.suggest',
+    'task_key': '.bakeoff',
+    'with_random_floor': '.bakeoff',
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -11,38 +11,33 @@ Its public names, imported on first use (so `import core.runs.<module>` stays li
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'ACTIVE': 'store',
-    'BUGS': 'tasks',
-    'FINISHED': 'compare',
-    'JobManager': 'jobs',
-    'MAX_NAME': 'store',
-    'RESUMABLE': 'compare',
-    'RunLocked': 'runlock',
-    'RunNotFound': 'store',
-    'RunStore': 'store',
-    'TaskSnapshot': 'tasks',
-    'USER_ERRORS': 'tasks',
-    'config_table': 'compare',
-    'dataset_names': 'compare',
-    'epoch_curves': 'compare',
-    'gradient_frame': 'curves',
-    'load_data': 'launch',
-    'new_run': 'launch',
-    'resume_run': 'launch',
-    'run_inputs': 'launch',
-    'run_table': 'compare',
-    'snapshot_curves': 'curves',
-    'start_run': 'launch',
-    'steps_per_epoch': 'curves',
+    'ACTIVE': '.store',
+    'BUGS': '.tasks',
+    'FINISHED': '.compare',
+    'JobManager': '.jobs',
+    'MAX_NAME': '.store',
+    'RESUMABLE': '.compare',
+    'RunLocked': '.runlock',
+    'RunNotFound': '.store',
+    'RunStore': '.store',
+    'TaskSnapshot': '.tasks',
+    'USER_ERRORS': '.tasks',
+    'config_table': '.compare',
+    'dataset_names': '.compare',
+    'epoch_curves': '.compare',
+    'gradient_frame': '.curves',
+    'load_data': '.launch',
+    'new_run': '.launch',
+    'resume_run': '.launch',
+    'run_inputs': '.launch',
+    'run_table': '.compare',
+    'snapshot_curves': '.curves',
+    'start_run': '.launch',
+    'steps_per_epoch': '.curves',
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -9,22 +9,17 @@ Its public names, imported on first use (so `import core.train.<module>` stays l
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {  # name -> the module of this package that defines it
-    'ConsoleProgress': 'trackers',
-    'Trainer': 'loop',
-    'TrainingFailed': 'failures',
-    'adaptation_summary': 'gradients',
-    'advise_run': 'advisor',
-    'advise_setup': 'advisor',
-    'stage_frozen_counts': 'loop',
+    'ConsoleProgress': '.trackers',
+    'Trainer': '.loop',
+    'TrainingFailed': '.failures',
+    'adaptation_summary': '.gradients',
+    'advise_run': '.advisor',
+    'advise_setup': '.advisor',
+    'stage_frozen_counts': '.loop',
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

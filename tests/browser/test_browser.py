@@ -100,6 +100,20 @@ def shot(page, name: str, doc: bool = False) -> None:
                                                                          optimize=True)
 
 
+def launch(p):
+    """Debian's headless chromium, as the project runs it."""
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
+def open_browser(p):
+    """The browser and one page of the size the screenshots are taken at."""
+    browser = launch(p)
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.set_default_timeout(MINUTE)
+    return browser, page
+
+
 def go(page, title: str, heading: str) -> None:
     """Click a page in the sidebar and wait for its title."""
     page.get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
@@ -127,11 +141,7 @@ def plotted_points(page) -> int:
 def test_demo_data_to_a_trained_and_evaluated_model(server):
     expect.set_options(timeout=MINUTE)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        page.set_default_timeout(MINUTE)
+        browser, page = open_browser(p)
         try:
             page.goto(server)
             expect(page.get_by_role("heading", name="Transfer Studio")).to_be_visible()
@@ -213,9 +223,7 @@ def test_a_link_straight_to_a_page_opens_it_inside_the_app(server):
     """A bookmark of /evaluate: Streamlit runs pages/evaluate.py on its own at first (an old-style page of the
     pages/ folder); the page hands over to app.py, so it gets the app's navigation and sidebar."""
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
             page.goto(f"{server}/evaluate")

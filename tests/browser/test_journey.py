@@ -19,7 +19,7 @@ import zipfile
 import pytest
 from PIL import Image, ImageDraw
 from playwright.sync_api import expect, sync_playwright
-from test_browser import CHROMIUM, MINUTE, ROOT, go, server, shot, step_of  # noqa: F401 (server: a fixture)
+from test_browser import CHROMIUM, MINUTE, ROOT, go, open_browser, server, shot, step_of  # noqa: F401 (server: a fixture)
 
 from core.evaluate.latency import CONTENDED_CORES
 
@@ -69,11 +69,7 @@ def test_a_newcomer_with_their_own_zip(server, tmp_path):
     archive = shapes_zip(str(tmp_path / "shapes.zip"))
     expect.set_options(timeout=MINUTE)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
-        page.set_default_timeout(MINUTE)
+        browser, page = open_browser(p)
         try:
             page.goto(server)
             expect(page.get_by_role("heading", name="Transfer Studio")).to_be_visible()

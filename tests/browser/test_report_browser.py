@@ -17,8 +17,7 @@ from core.evaluate.costs import CostModel
 from core.evaluate.report import EvaluationOptions, build_report
 from core.evaluate.report_files import write_report
 from core.runs.launch import start_run
-
-CHROMIUM = "/usr/bin/chromium"
+from test_browser import CHROMIUM, launch
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
 FIGURES = ("models", "confusion", "per-class", "reliability", "robustness", "costs")
@@ -72,9 +71,7 @@ def test_every_figure_of_the_report_is_drawn_in_colour_with_its_title_clear(repo
 
     shots = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(f"file://{report_file}")
