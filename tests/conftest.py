@@ -47,3 +47,25 @@ def tiny_config() -> TrainConfig:
     embedding pass) and no cross-validated check: the tests of those turn them on themselves."""
     return TrainConfig(image_size=32, epochs=2, batch_size=32, augment=AugmentSpec(hflip=False),
                        early_stopping_patience=0, group_by="names", crossval_folds=0)
+
+
+# --- deployment (tests/deploy and the Deploy / Predict pages' tests): one tiny run and one ONNX export per session
+@pytest.fixture(scope="session")
+def deploy_run(tmp_path_factory, small_digits_dir) -> tuple[str, str]:
+    """(runs_dir, run_id) of a one-epoch run on 30 digits per class at 32 px."""
+    from core.runs.launch import start_run
+
+    runs_dir = str(tmp_path_factory.mktemp("deploy_runs"))
+    config = TrainConfig(image_size=32, epochs=1, batch_size=32, augment=AugmentSpec(hflip=False),
+                         early_stopping_patience=0, group_by="names", crossval_folds=0)
+    summary = start_run(config, small_digits_dir, runs_dir)
+    return runs_dir, summary["run_id"]
+
+
+@pytest.fixture(scope="session")
+def onnx_export(deploy_run):
+    """The run's kept model exported to ONNX (core.deploy.export.ExportResult); never modify its folder."""
+    from core.deploy.export import export_run
+
+    runs_dir, run_id = deploy_run
+    return export_run(runs_dir, run_id, "onnx")

@@ -19,6 +19,9 @@ DELEGATED = {  # command -> (module with its own main(argv), help line)
     "audit": ("core.cli.audit", "audit a dataset: python -m core audit DATA [--json]"),
     "bakeoff": ("core.cli.bakeoff", "rank candidate backbones: python -m core bakeoff DATA --models a,b,c"),
     "evaluate": ("core.cli.evaluate", "evaluate a run: python -m core evaluate RUN_ID [--runs-dir DIR]"),
+    "registry": ("core.cli.registry", "model registry: python -m core registry list|register|alias|rollback|show"),
+    "export": ("core.cli.export", "export a run as a checked bundle: python -m core export RUN_ID [--format onnx|pt2]"),
+    "serve": ("core.cli.serve", "serve a registry model over HTTP: python -m core serve MODEL[@ALIAS|:VERSION]"),
 }
 
 

@@ -116,12 +116,13 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def load_rgb(path_or_file: str | os.PathLike | BinaryIO | bytes) -> Image.Image:
+def load_rgb(path_or_file: str | os.PathLike | BinaryIO | bytes, max_pixels: int | None = None) -> Image.Image:
     """Open an image safely and return it as 8-bit RGB.
 
     The decompression-bomb guard is on (``Image.MAX_IMAGE_PIXELS``), only known raster formats are
     tried, the EXIF orientation is applied, alpha is composited on white, 16-bit is scaled (not
     clipped) and every other mode (L, P, CMYK, LA, 1, ...) is converted. Raises ``ImageError``.
+    `max_pixels` (width * height) tightens the bomb guard, as a server does for its clients' images.
     """
     if isinstance(path_or_file, (bytes, bytearray, memoryview)):
         name, fp = "<bytes>", io.BytesIO(path_or_file)
@@ -129,12 +130,12 @@ def load_rgb(path_or_file: str | os.PathLike | BinaryIO | bytes) -> Image.Image:
         name = os.fspath(path_or_file)
         try:
             with open(name, "rb") as fh:
-                return _to_rgb_named(_open_checked(fh, name, None), name)
+                return _to_rgb_named(_open_checked(fh, name, max_pixels), name)
         except OSError as e:
             raise ImageError("unreadable", f"{name}: can't be read ({e.strerror or e})") from None
     else:
         name, fp = getattr(path_or_file, "name", "<file>"), path_or_file
-    return _to_rgb_named(_open_checked(fp, str(name), None), str(name))
+    return _to_rgb_named(_open_checked(fp, str(name), max_pixels), str(name))
 
 
 def _to_rgb_named(im: Image.Image, name: str) -> Image.Image:
