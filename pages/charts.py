@@ -135,3 +135,16 @@ def overlay_figure(frame: pd.DataFrame, metric: str, title: str) -> go.Figure:
     fig.update_layout(**titled(title, **_MARGIN), xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
     _integer_x(fig, part["epoch"])
     return fig
+
+
+def top_k_figure(top_k: Sequence[tuple[str, float]]) -> go.Figure:
+    """A prediction's top classes as horizontal bars, the most likely on top."""
+    names = [plot_text(c) for c, _ in top_k][::-1]
+    probs = [float(p) for _, p in top_k][::-1]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=[PALETTE[0]] * (len(probs) - 1) + [HEAD],
+                           text=[f"{p:.1%}" for p in probs], textposition="outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=40 + 30 * len(probs), margin=dict(l=10, r=40, t=10, b=10),
+                      xaxis=dict(range=[0, 1.1], tickformat=".0%", showgrid=False, visible=False), showlegend=False)
+    fig.update_yaxes(type="category")
+    return fig

@@ -111,8 +111,9 @@ def show_in_address(page_file: str) -> None:
     """Put the dataset and run the page shows into the address (and take out the ones it does not show)."""
     state = st.session_state
     shown = {"dataset": state.get(DATASET), "run": state.get(RUN)}
-    if page_file == "pages/evaluate.py":
-        shown["run"] = state.get("evaluate.run") or shown["run"]  # the run picked there
+    picked = {"pages/evaluate.py": "evaluate.run", "pages/deploy.py": "deploy.run"}.get(page_file)
+    if picked:
+        shown["run"] = state.get(picked) or shown["run"]  # the run picked there
     wanted = PAGES[page_file].address if page_file in PAGES else ()
     for param in URL_KEYS:
         value = shown[param] if param in wanted else None

@@ -54,6 +54,8 @@ PAGES = {  # file -> Page, in the navigation's order: the one registry of the pa
     "pages/train.py": Page("4 · Train", ":material/monitoring:", ("dataset", "run")),
     "pages/runs.py": Page("5 · Runs", ":material/history:"),
     "pages/evaluate.py": Page("6 · Evaluate", ":material/fact_check:", ("run",)),
+    "pages/predict.py": Page("7 · Predict", ":material/online_prediction:"),
+    "pages/deploy.py": Page("8 · Deploy", ":material/rocket_launch:", ("run",)),
 }
 
 

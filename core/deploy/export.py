@@ -78,6 +78,25 @@ def default_export_dir(runs_dir: str, run_id: str, fmt: str) -> str:
     return os.path.join(runs_dir, run_id, "exports", f"{fmt}-{stamp}")
 
 
+def list_exports(runs_dir: str, run_id: str) -> list[dict[str, Any]]:
+    """The bundles export_run wrote for a run (<run>/exports/<fmt>-<time>/), newest first: each one's bundle.json
+    with its folder as "path" and its name as "folder" (a folder without a readable bundle.json is skipped)."""
+    import glob
+    import json
+
+    found = []
+    for info_path in glob.glob(os.path.join(runs_dir, glob.escape(run_id), "exports", "*", INFO_FILE)):
+        try:
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            folder = os.path.dirname(info_path)
+            found.append({**info, "path": folder, "folder": os.path.basename(folder)})
+    return sorted(found, key=lambda e: (str(e.get("exported_at", "")), e["folder"]), reverse=True)
+
+
 def export_run(runs_dir: str, run_id: str, fmt: str = "onnx", out: str | None = None, checkpoint: str | None = None,
                max_parity_images: int | None = None, progress: Callable[[str], None] = lambda message: None
                ) -> ExportResult:

@@ -8,6 +8,7 @@ A model is named by a registry ref ("name", "name@alias", "name:3") or "run:<run
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +48,13 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _named(name: str, data: bytes) -> io.BytesIO:
+    """The bytes as a file named as uploaded, so a decoding error names the file."""
+    stream = io.BytesIO(data)
+    stream.name = name
+    return stream
 
 
 class Predictor:
@@ -89,7 +97,7 @@ class Predictor:
         """Classify (name, bytes) images and log each prediction; an undecodable one raises core.data's
         ImageError (a StudioError naming the file) before anything is logged."""
         limit = max_pixels or IngestLimits().max_image_pixels
-        decoded = [(name, data, load_rgb(data, max_pixels=limit)) for name, data in files]
+        decoded = [(name, data, load_rgb(_named(name, data), max_pixels=limit)) for name, data in files]
         out, rows = [], []
         for name, data, rgb in decoded:
             started = time.perf_counter()
@@ -111,7 +119,7 @@ class Predictor:
     def explain(self, data: bytes, class_name: str | None = None) -> Saliency:
         """Where the model looked for `class_name` (default: its prediction) in one image."""
         index = None if class_name is None else self.classes.index(class_name)
-        return saliency(self.torch_model, self.pre, load_rgb(data), index)
+        return saliency(self.torch_model, self.pre, load_rgb(_named("the image", data)), index)
 
     def feedback(self, prediction_id: str, label: str, comment: str = "") -> dict[str, Any]:
         """Record that `prediction_id` should have been `label` (UnknownPrediction / LabelNotInClasses)."""
