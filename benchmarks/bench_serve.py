@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--ort-spinning", choices=("on", "off"), default="on")
     parser.add_argument("--workdir", help="keep the run, bundle and prediction log here (default: a temp folder)")
     parser.add_argument("--quiet", action="store_true", help="hide the endpoints' own logs")
     parser.add_argument("--naive-child", nargs=2, metavar=("CHECKPOINT", "PORT"), help=argparse.SUPPRESS)
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     served = measure([sys.executable, "-m", "core", "serve", f"bench:{version}", "--workspace", workspace,
                       "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-                      "--threads", str(args.threads)], f"http://127.0.0.1:{port}", images, args, env)
+                      "--threads", str(args.threads), "--ort-spinning", args.ort_spinning], f"http://127.0.0.1:{port}", images, args, env)
     print(f"server: {served}", file=sys.stderr)
     port = free_port()
     naive = measure([sys.executable, str(Path(__file__).resolve()), "--naive-child", bundle.checkpoint_path, str(port)],

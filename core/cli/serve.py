@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-images", action="store_true", help="keep each input image in the prediction log")
     parser.add_argument("--image-log-cap-mb", type=float, default=2.0, help="largest image kept (default 2 MiB)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--ort-spinning", choices=("on", "off"), default="on",
+                        help="ONNX Runtime's idle threads spin (on) or sleep (off)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often a followed alias is checked")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr (uvicorn)")
     try:
@@ -86,7 +88,8 @@ def _serve(args) -> int:
                          max_pixels=args.max_pixels, top_k=args.top_k, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, log_images=args.log_images,
                          image_log_cap_bytes=int(args.image_log_cap_mb * 1024**2), token=token,
-                         poll_seconds=args.poll_seconds, threads=args.threads)
+                         poll_seconds=args.poll_seconds, threads=args.threads,
+                         spinning=args.ort_spinning == "on")
     return run_server(config, args.workspace, access_log=args.access_log)
 
 

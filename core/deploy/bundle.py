@@ -102,8 +102,10 @@ class Bundle:
         """One RGB image (core.data.images.load_rgb's output) -> (3, H, W) float32: the bundle's own rule."""
         return bundle_predict.preprocess(rgb, self.preprocessing)
 
-    def onnx_session(self, threads: int = 0):
-        """An ONNX Runtime CPU session of the model; BundleError for a pt2 bundle or a file ORT refuses."""
+    def onnx_session(self, threads: int = 0, spinning: bool = True):
+        """An ONNX Runtime CPU session of the model; BundleError for a pt2 bundle or a file ORT refuses.
+        `spinning` False: idle intra-op threads sleep instead of spinning (a server shares its cores with its
+        own request handling)."""
         if self.model_format != "onnx":
             raise BundleError(f"{self.path}: a {self.model_format} bundle; serving needs an ONNX export "
                               "(`python -m core export RUN_ID --format onnx`)")
@@ -112,6 +114,8 @@ class Bundle:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(self.model_path, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
@@ -121,9 +125,9 @@ class Bundle:
 class OnnxModel:
     """A bundle's ONNX model ready to run: `run(batch)` -> (logits, embedding), thread-safe (ORT sessions are)."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0):
+    def __init__(self, bundle: Bundle, threads: int = 0, spinning: bool = True):
         self.bundle = bundle
-        self.session = bundle.onnx_session(threads)
+        self.session = bundle.onnx_session(threads, spinning)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return bundle_predict.run(self.session, np.ascontiguousarray(batch, dtype=np.float32))

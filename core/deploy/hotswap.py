@@ -43,11 +43,11 @@ class Served:
 class ModelHolder:
     def __init__(self, registry: Any, ref: str, threads: int = 0, poll_seconds: float = 1.0,
                  on_load: Callable[[Served], None] | None = None, on_switch: Callable[[Served], None] | None = None,
-                 keep: int = 2):
+                 keep: int = 2, spinning: bool = True):
         self.registry, self.ref, self.threads, self.poll_seconds = registry, ref, threads, float(poll_seconds)
         self.name, self.alias, pinned = parse_ref(ref)  # the registry's own RegistryError for a malformed ref
         self.follows = pinned is None  # "name" follows its champion (else its latest), "name@alias" the alias
-        self.on_load, self.on_switch, self.keep = on_load, on_switch, max(1, keep)
+        self.on_load, self.on_switch, self.keep, self.spinning = on_load, on_switch, max(1, keep), spinning
         self._cache: OrderedDict[int, Served] = OrderedDict()  # recent versions, so a rollback is instant
         self.switches = 0
         self.last_error: str | None = None
@@ -63,7 +63,7 @@ class ModelHolder:
             return self._cache[version]
         mv.verify()  # the registry's copy is immutable: a changed file is refused, not served
         bundle = Bundle.load(mv.path)
-        model = OnnxModel(bundle, self.threads)
+        model = OnnxModel(bundle, self.threads, self.spinning)
         size = int(bundle.preprocessing["input_size"])
         model.run(np.zeros((1, 3, size, size), dtype=np.float32))  # the first request must not pay the warm-up
         served = Served(str(mv.name), version, bundle, model, time.time())

@@ -78,6 +78,7 @@ class ServeConfig:
     token: str | None = field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False)
     poll_seconds: float = 1.0                   # how often a followed alias is checked
     threads: int = 0                            # ONNX Runtime intra-op threads; 0: its default (all cores)
+    spinning: bool = True                       # ONNX Runtime's idle threads spin (True) or sleep
 
 
 # ----------------------------------------------------------------------------------------- the app
@@ -91,6 +92,7 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
                                           image_cap_bytes=config.image_log_cap_bytes)
     metrics = Metrics()
     holder = ModelHolder(registry, ref, threads=config.threads, poll_seconds=config.poll_seconds,
+                         spinning=config.spinning,
                          on_load=lambda s: log.set_classes(s.name, s.version, s.classes),
                          on_switch=lambda s: (metrics.switches.inc(), metrics.served.labels(s.name).set(s.version)))
     metrics.served.labels(holder.current.name).set(holder.current.version)
