@@ -104,7 +104,7 @@ def test_export_register_predict_and_flag_a_prediction_wrong(server, small_digit
             go(page, "Deploy", "8 ·")
             expect(page.get_by_text("The latest 1 of 1 predictions; 1 of them with feedback.")).to_be_visible()
             page.get_by_role("heading", name="Latest predictions").scroll_into_view_if_needed()
-            shot(page, "deploy-predictions")
+            shot(page, "deploy-predictions", doc=True)
         except Exception:
             shot(page, "deploy-failure")
             raise
