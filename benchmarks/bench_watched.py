@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,17 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.config import TrainConfig  # noqa: E402
-from core.runtime import default_device  # noqa: E402
+from core.deploy.serving import free_port  # noqa: E402
+from core.plan.suggest import quick_start  # noqa: E402
 from core.runs.launch import start_run  # noqa: E402
 from core.runs.store import RunStore  # noqa: E402
-from core.plan.suggest import quick_start  # noqa: E402
+from core.runtime import default_device  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def epoch_seconds(runs_dir: str, run_id: str) -> list[float]:

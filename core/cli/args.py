@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable
 
 from core.errors import StudioError
 
@@ -26,6 +27,20 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{self.format_usage()}{self.prog}: error: {message}")
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """`body()`'s exit code, or: bad usage -> its message on stderr and 2; --help -> 0; a user's error (StudioError,
+    OSError) -> `user_error` (2). The commands whose usage errors print no JSON line run through it."""
+    try:
+        return body()
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except USER_ERRORS as exc:
+        return user_error(exc)
 
 
 def user_error(exc: BaseException, json_line: bool = True, code: int = 2) -> int:

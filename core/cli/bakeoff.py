@@ -5,7 +5,7 @@ import json
 import sys
 from typing import Sequence
 
-from core.cli.args import USER_ERRORS, ArgParser, UsageError, user_error
+from core.cli.args import ArgParser, guarded
 from core.files import jsonable
 from core.plan.bakeoff import DEFAULT_MAX_IMAGES, BakeoffOptions, bakeoff
 
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-budget", type=float, default=1.0, help="seconds of timed repeats per batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--html", help="also write the accuracy-vs-latency chart to this HTML file (offline)")
-    try:
+    def run() -> int:
         args = parser.parse_args(argv)
         options = BakeoffOptions(tuple(m for m in args.models.split(",") if m.strip()), args.max_images,
                                  args.image_size, args.device, args.amp, knn_k=args.knn_k,
@@ -41,13 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from core.evaluate.figures import bakeoff_figure
 
             bakeoff_figure(result).write_html(args.html, include_plotlyjs=True)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except USER_ERRORS as exc:
-        return user_error(exc)
-    print(f"recommended: {result.recommendation}. {result.reason}", file=sys.stderr)
-    print(json.dumps(jsonable(result.to_dict())))
-    return 0
+        print(f"recommended: {result.recommendation}. {result.reason}", file=sys.stderr)
+        print(json.dumps(jsonable(result.to_dict())))
+        return 0
+
+    return guarded(run)

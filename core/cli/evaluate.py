@@ -5,7 +5,7 @@ import json
 import sys
 from typing import Sequence
 
-from core.cli.args import USER_ERRORS, ArgParser, UsageError, user_error
+from core.cli.args import ArgParser, guarded
 from core.evaluate.corruptions import CORRUPTIONS
 from core.evaluate.costs import cost_model
 from core.evaluate.report import EvaluationOptions, build_report
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: RUNS_DIR/RUN_ID/evaluation, or evaluation-SPLIT for another split)")
     parser.add_argument("--no-report", action="store_true", help="print the JSON only, write no files")
     parser.add_argument("--seed", type=int, default=0)
-    try:
+    def run() -> int:
         args = parser.parse_args(argv)
         corruptions = () if args.corruptions.strip().lower() in ("", "none") else \
             tuple(c.strip() for c in args.corruptions.split(",") if c.strip())
@@ -58,15 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               progress=lambda m: print(m, file=sys.stderr, flush=True))
         if not args.no_report:
             report = write_report(report, args.report_dir or default_report_dir(args.runs_dir, args.run_id, args.split))
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except USER_ERRORS as exc:
-        return user_error(exc)
-    print(report.verdict, file=sys.stderr)
-    if report.files:
-        print(f"report: {report.files['html']}", file=sys.stderr)
-    print(json.dumps(summary_dict(report)))
-    return 0
+        print(report.verdict, file=sys.stderr)
+        if report.files:
+            print(f"report: {report.files['html']}", file=sys.stderr)
+        print(json.dumps(summary_dict(report)))
+        return 0
+
+    return guarded(run)

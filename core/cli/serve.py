@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Sequence
 
-from core.cli.args import USER_ERRORS, ArgParser, UsageError, user_error
+from core.cli.args import ArgParser, UsageError, guarded
 from core.errors import StudioError
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
@@ -57,16 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ONNX Runtime's idle threads spin (on) or sleep (off)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often a followed alias is checked")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr (uvicorn)")
-    try:
-        args = parser.parse_args(argv)
-        return _serve(args)
-    except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    except USER_ERRORS as exc:
-        return user_error(exc)
+    return guarded(lambda: _serve(parser.parse_args(argv)))
 
 
 def _serve(args) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from core.model.catalog import resolve_entry
 from core.model.licenses import license_warning
 
 
-def deployment_figures(model_path: str, fmt: str, size: int, run_model: Callable[[np.ndarray], np.ndarray]) -> dict:
+def deployment_figures(model_path: str, fmt: str, size: int) -> dict:
     """File size, and for ONNX the latency and memory timed in a clean child process."""
     figures: dict[str, Any] = {"file_size_mb": round(os.path.getsize(model_path) / 2**20, 2)}
     if fmt == "onnx":
@@ -141,12 +141,10 @@ print(info["classes"][int(probs.argmax())], float(probs.max()))
 ```"""
 
 
-def model_card(runs_dir: str, run_id: str, info: dict, data, split: str, paths: list[str], ref_logits: np.ndarray,
-               config) -> str:
-    """card.md of a bundle; `ref_logits`: the exported checkpoint's fp32 logits on `paths` (the parity reference)."""
-    from core.runs.store import RunStore
-
-    run = RunStore(runs_dir).get_run(run_id)
+def model_card(runs_dir: str, run_id: str, run: dict, info: dict, data, split: str, paths: list[str],
+               ref_logits: np.ndarray) -> str:
+    """card.md of a bundle; `run`: the run store's record of the run; `ref_logits`: the exported checkpoint's fp32
+    logits on `paths` (the parity reference)."""
     classes = list(info["classes"])
     labels = np.asarray(getattr(data, split).labels[:len(paths)], dtype=np.int64)
     evaluation = summarize(Predictions(tuple(classes), tuple(paths), labels,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
+import json
 import os
 import shutil
 import sys
@@ -81,9 +83,6 @@ def default_export_dir(runs_dir: str, run_id: str, fmt: str) -> str:
 def list_exports(runs_dir: str, run_id: str) -> list[dict[str, Any]]:
     """The bundles export_run wrote for a run (<run>/exports/<fmt>-<time>/), newest first: each one's bundle.json
     with its folder as "path" and its name as "folder" (a folder without a readable bundle.json is skipped)."""
-    import glob
-    import json
-
     found = []
     for info_path in glob.glob(os.path.join(runs_dir, glob.escape(run_id), "exports", "*", INFO_FILE)):
         try:
@@ -126,7 +125,8 @@ def export_run(runs_dir: str, run_id: str, fmt: str = "onnx", out: str | None = 
             run_model = _pt2_runner(os.path.join(staging, "model.pt2"))
         copy_model(weights, os.path.join(staging, "checkpoint.safetensors"))
         shutil.copyfile(bundle_predict.__file__, os.path.join(staging, "predict.py"))
-        info = _info(run_id, fmt, meta, pre, exporter, store.get_run(run_id))
+        run = store.get_run(run_id)
+        info = _info(run_id, fmt, meta, pre, exporter, run)
         info["embedding_dim"] = int(model.head.in_features)
         write_text(os.path.join(staging, INFO_FILE), _dumps(info))  # parity reads the preprocessing record
         progress(f"parity check on {len(paths)} {split} images")
@@ -135,10 +135,10 @@ def export_run(runs_dir: str, run_id: str, fmt: str = "onnx", out: str | None = 
         info["status"] = "ok" if parity.passed else "failed"
         if not parity.passed:
             info["error"] = parity.sentence()
-        profile = deployment_figures(os.path.join(staging, info["model_file"]), fmt, pre.input_size, run_model)
+        profile = deployment_figures(os.path.join(staging, info["model_file"]), fmt, pre.input_size)
         info["deployment"] = profile
         write_text(os.path.join(staging, "card.md"),
-                   model_card(runs_dir, run_id, info, data, split, paths, ref_logits, config))
+                   model_card(runs_dir, run_id, run, info, data, split, paths, ref_logits))
         info["files"] = {name: sha256_file(os.path.join(staging, name)) for name in sorted(os.listdir(staging))
                          if name != INFO_FILE}
         write_text(os.path.join(staging, INFO_FILE), _dumps(info))
@@ -174,8 +174,6 @@ def _info(run_id: str, fmt: str, meta: dict, pre, exporter: str, run: dict) -> d
 
 
 def _dumps(info: dict) -> str:
-    import json
-
     return json.dumps(jsonable(info), indent=2)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -96,8 +97,6 @@ def check_parity(bundle_dir: str, run_model: Callable[[np.ndarray], np.ndarray],
     """(the parity figures, the reference logits); `run_model`: a (N, 3, H, W) float32 batch -> exported logits."""
     started = time.perf_counter()
     script = load_bundle_script(bundle_dir)
-    import json
-
     with open(os.path.join(bundle_dir, "bundle.json"), encoding="utf-8") as f:
         prep = json.load(f)["preprocessing"]
     ref_inputs, ref = reference_logits(model, pre, paths, tta)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import urllib.request
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
+
+from core.deploy.serving import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -30,12 +31,6 @@ DOC_SHOTS = os.path.join(ROOT, "docs", "screenshots")
 MINUTE = 60_000  # Playwright timeouts are in milliseconds
 # A tiny run (E2E_SIZE, E2E_EPOCHS to change it).
 SIZE, EPOCHS = int(os.environ.get("E2E_SIZE", "32")), int(os.environ.get("E2E_EPOCHS", "1"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server(str):
