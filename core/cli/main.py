@@ -22,6 +22,9 @@ DELEGATED = {  # command -> (module with its own main(argv), help line)
     "registry": ("core.cli.registry", "model registry: python -m core registry list|register|alias|rollback|show"),
     "export": ("core.cli.export", "export a run as a checked bundle: python -m core export RUN_ID [--format onnx|pt2]"),
     "serve": ("core.cli.serve", "serve a registry model over HTTP: python -m core serve MODEL[@ALIAS|:VERSION]"),
+    "monitor": ("core.cli.monitor", "monitor a served model: python -m core monitor MODEL [--since 7d] "
+                "[--retrain-if-needed]"),
+    "retrain": ("core.cli.retrain", "retrain a model on old + new data: python -m core retrain MODEL"),
 }
 
 

@@ -5,7 +5,9 @@
 Table `predictions`: id (uuid hex), at (unix seconds, UTC), model, version, input_sha256, width, height,
 predicted, confidence, top_k (JSON [[class, probability], ...]), latency_ms, embedding (float16 bytes, the
 penultimate layer: the next stage measures drift on it), embedding_dim, image (the input's bytes, only when image
-logging is on and the file is under the cap; else NULL). Table `feedback`: id, prediction_id, label, comment, at.
+logging is on and the file is under the cap; else NULL), role ("served": the answer the client got; "shadow": a
+challenger's prediction on the same request, logged only) and request_id (shared by a request's served and shadow
+rows). Table `feedback`: id, prediction_id, label, comment, at.
 Table `model_classes`: each served (model, version)'s class names, so feedback can be checked against them.
 
 A batch of predictions is written in one transaction, so a killed server leaves whole rows or none.
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
     input_sha256 TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, predicted TEXT NOT NULL,
     confidence REAL NOT NULL, top_k TEXT NOT NULL, latency_ms REAL NOT NULL, embedding BLOB NOT NULL,
-    embedding_dim INTEGER NOT NULL, image BLOB);
+    embedding_dim INTEGER NOT NULL, image BLOB, role TEXT NOT NULL DEFAULT 'served', request_id TEXT);
 CREATE INDEX IF NOT EXISTS predictions_model_at ON predictions (model, version, at);
 CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -46,7 +48,9 @@ CREATE TABLE IF NOT EXISTS model_classes (
     model TEXT NOT NULL, version INTEGER NOT NULL, classes TEXT NOT NULL, PRIMARY KEY (model, version));
 """
 _COLUMNS = ("id", "at", "model", "version", "input_sha256", "width", "height", "predicted", "confidence",
-            "top_k", "latency_ms", "embedding", "embedding_dim", "image")
+            "top_k", "latency_ms", "embedding", "embedding_dim", "image", "role", "request_id")
+ROLES = ("served", "shadow")
+_ADDED = (("role", "TEXT NOT NULL DEFAULT 'served'"), ("request_id", "TEXT"))  # columns a log from before has not
 _LIGHT = ", ".join(f"p.{c}" for c in _COLUMNS if c not in ("embedding", "image"))
 
 
@@ -104,6 +108,11 @@ class PredictionLog:
         self._classes: dict[tuple[str, int], tuple[str, ...]] = {}
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+            have = {r["name"] for r in conn.execute("PRAGMA table_info(predictions)")}
+            for name, decl in _ADDED:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {decl}")
+            conn.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
 
     @classmethod
     def for_workspace(cls, root: str, **kwargs: Any) -> "PredictionLog":
@@ -189,10 +198,15 @@ class PredictionLog:
             if image is not None and (not isinstance(image, (bytes, bytearray, memoryview))
                                       or len(image) > self.image_cap_bytes):
                 image = None
+            role = str(row.get("role") or "served")
+            if role not in ROLES:
+                raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+            request_id = row.get("request_id")
             return (str(row.get("id") or uuid.uuid4().hex), float(row.get("at") or time.time()), str(row["model"]),
                     int(row["version"]), str(row["input_sha256"]), int(row["width"]), int(row["height"]),
                     str(row["predicted"]), float(row["confidence"]), json.dumps(top_k), float(row["latency_ms"]),
-                    blob, dim, None if image is None else bytes(image))
+                    blob, dim, None if image is None else bytes(image), role,
+                    None if request_id is None else str(request_id))
         except KeyError as exc:
             raise PredictionLogError(f"a prediction row without its {exc.args[0]!r} field") from None
         except (TypeError, ValueError, IndexError) as exc:
@@ -217,6 +231,12 @@ class PredictionLog:
         return {**fb, "at_iso": iso(fb["at"])}
 
     # --------------------------------------------------------------------------------------- reading
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read-only SELECT on the log (the monitor's aggregations); anything else is refused."""
+        if not sql.lstrip().upper().startswith("SELECT") or ";" in sql.strip().rstrip(";"):
+            raise PredictionLogError("the prediction log answers single SELECT statements only")
+        return self._conn().execute(sql, tuple(params)).fetchall()
+
     def count(self, model: str | None = None) -> int:
         if model is None:
             return int(self._conn().execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
@@ -235,10 +255,13 @@ class PredictionLog:
             "SELECT * FROM feedback WHERE prediction_id = ? ORDER BY at", (str(prediction_id),))]
         return out
 
-    def recent(self, n: int = 50, with_feedback: bool = True, model: str | None = None) -> list[dict[str, Any]]:
+    def recent(self, n: int = 50, with_feedback: bool = True, model: str | None = None,
+               role: str | None = "served") -> list[dict[str, Any]]:
         """The latest `n` predictions, newest first (no embeddings or images); with_feedback adds "feedback": the
-        latest feedback on each (a dict) or None."""
-        where, params = ("WHERE p.model = ?", [model]) if model else ("", [])
+        latest feedback on each (a dict) or None. `role`: "served" (what clients got), "shadow", or None (both)."""
+        clauses = [(c, v) for c, v in (("p.model = ?", model), ("p.role = ?", role)) if v]
+        where = f"WHERE {' AND '.join(c for c, _ in clauses)}" if clauses else ""
+        params = [v for _, v in clauses]
         if with_feedback:
             sql = (f"SELECT {_LIGHT}, p.image IS NOT NULL AS has_image, f.id AS f_id, f.label AS f_label, "
                    f"f.comment AS f_comment, f.at AS f_at FROM predictions p LEFT JOIN feedback f ON f.id = "
@@ -259,11 +282,12 @@ class PredictionLog:
         return out
 
     def embeddings(self, model: str | None = None, since: float | None = None, version: int | None = None,
-                   until: float | None = None) -> np.ndarray:
+                   until: float | None = None, role: str | None = "served") -> np.ndarray:
         """The logged embeddings (n, dim) float32, oldest first, of one model (and version) and time window (unix
         seconds). Rows of another dimension than the first are left out (a different architecture)."""
         clauses, params = [], []
-        for sql, value in (("model = ?", model), ("version = ?", version), ("at >= ?", since), ("at < ?", until)):
+        for sql, value in (("model = ?", model), ("version = ?", version), ("at >= ?", since), ("at < ?", until),
+                           ("role = ?", role)):
             if value is not None:
                 clauses.append(sql)
                 params.append(value)

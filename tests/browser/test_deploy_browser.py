@@ -66,7 +66,8 @@ def test_export_register_predict_and_flag_a_prediction_wrong(server, small_digit
             go(page, "Deploy", "8 ·")
             expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile(re.escape(run_id)))
             page.get_by_role("button", name="Export", exact=True).click()
-            expect(page.get_by_text(re.compile(r"^Running: export of run"))).to_be_visible()
+            main = page.get_by_test_id("stMainBlockContainer")  # the sidebar lists running tasks too
+            expect(main.get_by_text(re.compile(r"^Running: export of run"))).to_be_visible()
             verdict = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Parity passed")
             expect(verdict).to_be_visible(timeout=4 * MINUTE)
             assert re.search(r"max \|logit difference\| \d\.\d\de-\d\d", verdict.inner_text().replace("\u2060", ""))
