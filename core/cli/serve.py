@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ONNX Runtime's idle threads spin (on) or sleep (off)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, help="how often a followed alias is checked")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr (uvicorn)")
+    parser.add_argument("--challenger", metavar="REF", help="a second version beside the served one, e.g. "
+                        "MODEL@challenger: measured on the same traffic before it is promoted")
+    parser.add_argument("--mode", choices=("shadow", "ab"), default="shadow",
+                        help="shadow: the challenger predicts every request, logged only (default); ab: it answers "
+                        "--ab-share of them")
+    parser.add_argument("--ab-share", type=float, default=0.1, help="A/B: share of requests the challenger answers")
     return guarded(lambda: _serve(parser.parse_args(argv)))
 
 
@@ -72,6 +78,8 @@ def _serve(args) -> int:
                         ("--max-batch", args.max_batch), ("--max-pixels", args.max_pixels)):
         if value < (0 if name == "--port" else 1) or (name == "--port" and value > 65535):
             raise UsageError(f"{name} {value} is out of range")
+    if not 0 <= args.ab_share <= 1:
+        raise UsageError(f"--ab-share {args.ab_share} must be between 0 and 1")
     if not args.max_body_mb > 0 or not args.poll_seconds > 0 or args.max_wait_ms < 0:
         raise UsageError("--max-body-mb and --poll-seconds must be above 0, --max-wait-ms 0 or more")
     config = ServeConfig(ref=args.ref, host=args.host, port=args.port,
@@ -80,7 +88,8 @@ def _serve(args) -> int:
                          max_wait_ms=args.max_wait_ms, log_images=args.log_images,
                          image_log_cap_bytes=int(args.image_log_cap_mb * 1024**2), token=token,
                          poll_seconds=args.poll_seconds, threads=args.threads,
-                         spinning=args.ort_spinning == "on")
+                         spinning=args.ort_spinning == "on", challenger=args.challenger,
+                         challenger_mode=args.mode, ab_share=args.ab_share)
     return run_server(config, args.workspace, access_log=args.access_log)
 
 

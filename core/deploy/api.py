@@ -74,6 +74,8 @@ class HealthResponse(BaseModel):
     uptime_s: float
     switches: int = Field(description="hot switches to another version since the start")
     last_switch_error: str | None = None
+    challenger: dict[str, Any] | None = Field(default=None, description="the version beside the served one: ref, "
+                                              "version, mode (shadow | ab), share (ab), active")
 
 
 _IMAGE_B64 = {"type": "string", "description": "an image file (PNG, JPEG, BMP, GIF, TIFF, WEBP) in base64; a "

@@ -10,7 +10,9 @@ own rule (the training code's evaluation path); concurrent requests share ONNX R
 micro-batcher. Every prediction is in the log (core.deploy.predlog) before its response is sent. Bad input is a
 4xx JSON {"error": ...} (core.deploy.api: the shapes, the body limit enforced while the body streams in, the
 metrics). When the served alias moves, the new version is loaded whole before it replaces the old one
-(core.deploy.hotswap); requests already preprocessed for the old one finish on it.
+(core.deploy.hotswap); requests already preprocessed for the old one finish on it. With a challenger
+(ServeConfig.challenger), core.deploy.shadow routes: shadow (the challenger's predictions logged beside the
+champion's after each response) or A/B (a share of requests answered by the challenger).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,6 +60,7 @@ from core.deploy.api import (
 from core.deploy.batching import BatcherStopped, MicroBatcher
 from core.deploy.hotswap import ModelHolder, Served
 from core.deploy.predlog import LabelNotInClasses, PredictionLog, UnknownPrediction
+from core.deploy.shadow import Router
 
 TOKEN_ENV = "TRANSFER_STUDIO_API_TOKEN"
 logger = logging.getLogger("core.deploy.server")
@@ -79,6 +83,9 @@ class ServeConfig:
     poll_seconds: float = 1.0                   # how often a followed alias is checked
     threads: int = 0                            # ONNX Runtime intra-op threads; 0: its default (all cores)
     spinning: bool = True                       # ONNX Runtime's idle threads spin (True) or sleep
+    challenger: str | None = None               # a second ref (e.g. MODEL@challenger) beside the served one
+    challenger_mode: str = "shadow"             # "shadow": logged only; "ab": answers ab_share of the requests
+    ab_share: float = 0.1
 
 
 # ----------------------------------------------------------------------------------------- the app
@@ -96,13 +103,20 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
                          on_load=lambda s: log.set_classes(s.name, s.version, s.classes),
                          on_switch=lambda s: (metrics.switches.inc(), metrics.served.labels(s.name).set(s.version)))
     metrics.served.labels(holder.current.name).set(holder.current.version)
+    rival = None
+    if config.challenger:
+        rival = ModelHolder(registry, config.challenger, threads=config.threads, poll_seconds=config.poll_seconds,
+                            spinning=config.spinning, on_load=lambda s: log.set_classes(s.name, s.version, s.classes))
+    router = Router(holder, rival, config.challenger_mode, config.ab_share)
     batcher = MicroBatcher(_infer, config.max_batch, config.max_wait_ms, name=f"batcher-{holder.current.name}",
                            on_batch=lambda served, size, seconds: metrics.batch_size.observe(size))
     holder.start()
+    router.start()
     started = time.monotonic()
 
     def close() -> None:
         holder.stop()
+        router.stop()
         batcher.stop()
 
     @asynccontextmanager
@@ -115,6 +129,7 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
                   "prediction with /feedback. With TRANSFER_STUDIO_API_TOKEN set, /predict, /feedback and /metrics "
                   "need `Authorization: Bearer <token>`.")
     app.state.config, app.state.holder, app.state.batcher, app.state.log = config, holder, batcher, log
+    app.state.router = router
     app.state.metrics, app.state.close = metrics, close
 
     async def authorised(request: Request) -> None:
@@ -154,7 +169,8 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
         `{"image": base64}`. Every prediction is logged (with its id) before the response."""
         blobs = await _read_images(request, config.max_images)
         t0 = time.perf_counter()
-        served = holder.current  # this request is served by this version, even if the alias moves meanwhile
+        route = router.pick()  # this request is served by this version, even if the alias moves meanwhile
+        served = route.answer
         prepared = await run_in_threadpool(_prepare, served, blobs, config.max_pixels)
         submitted = time.perf_counter()
         try:
@@ -169,7 +185,8 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
             order = np.argsort(-probs)[:k]
             top = [{"class": served.classes[int(i)], "probability": float(probs[i])} for i in order]
             pid, latency = uuid.uuid4().hex, round(p["ms"] + waited, 3)
-            rows.append({"id": pid, "model": served.name, "version": served.version, "input_sha256": p["sha256"],
+            rows.append({"id": pid, "request_id": pid, "model": served.name, "version": served.version,
+                         "input_sha256": p["sha256"],
                          "width": p["width"], "height": p["height"], "predicted": top[0]["class"],
                          "confidence": top[0]["probability"], "top_k": top, "latency_ms": latency,
                          "embedding": embedding,
@@ -183,8 +200,11 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
             raise ApiError(503, f"the prediction log cannot be written ({type(exc).__name__}); retry, or check the "
                            "disk holding the workspace") from None
         metrics.predictions.labels(served.name, str(served.version)).inc(len(rows))
+        shadow = None
+        if route.shadow is not None:  # after the response is sent: the client never waits for the challenger
+            shadow = BackgroundTask(_shadow_predict, route.shadow, blobs, rows, config, batcher, log, metrics)
         return JSONResponse({"model": served.name, "version": served.version, "predictions": out,
-                             "latency_ms": round((time.perf_counter() - t0) * 1000, 3)})
+                             "latency_ms": round((time.perf_counter() - t0) * 1000, 3)}, background=shadow)
 
     @app.post("/feedback", response_model=FeedbackResponse, responses=ERRORS | {
               404: {"model": ErrorBody, "description": "no prediction with this id in the log"}},
@@ -203,7 +223,7 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
         served: Served = holder.current
         return {"status": "ok", "model": served.name, "version": served.version, "ref": ref,
                 "classes": len(served.classes), "uptime_s": round(time.monotonic() - started, 3),
-                "switches": holder.switches, "last_switch_error": holder.last_error}
+                "switches": holder.switches, "last_switch_error": holder.last_error, "challenger": router.describe()}
 
     @app.get("/metrics", dependencies=[Depends(authorised)], summary="Prometheus metrics",
              response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
@@ -216,6 +236,30 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
 
 
 # ----------------------------------------------------------------------------------------- the work
+def _shadow_predict(shadow: Served, blobs: list[bytes], served_rows: list[dict], config: ServeConfig,
+                    batcher: MicroBatcher, log: PredictionLog, metrics: Metrics) -> None:
+    """The challenger's predictions on a request the champion answered, logged with role "shadow" and the served
+    prediction's id as request_id. Never raises: a shadow failure must not touch the served path."""
+    try:
+        t0 = time.perf_counter()
+        prepared = _prepare(shadow, blobs, config.max_pixels)
+        outputs = [f.result() for f in batcher.submit_many(shadow, [p["input"] for p in prepared])]
+        waited = (time.perf_counter() - t0) * 1000 - sum(p["ms"] for p in prepared)
+        k = max(1, min(config.top_k, len(shadow.classes)))
+        rows = []
+        for served_row, p, (probs, embedding) in zip(served_rows, prepared, outputs):
+            order = np.argsort(-probs)[:k]
+            top = [{"class": shadow.classes[int(i)], "probability": float(probs[i])} for i in order]
+            rows.append({"role": "shadow", "request_id": served_row["id"], "model": shadow.name,
+                         "version": shadow.version, "input_sha256": p["sha256"], "width": p["width"],
+                         "height": p["height"], "predicted": top[0]["class"], "confidence": top[0]["probability"],
+                         "top_k": top, "latency_ms": round(p["ms"] + max(0.0, waited), 3), "embedding": embedding})
+        log.log_many(rows)
+        metrics.predictions.labels(shadow.name, str(shadow.version)).inc(len(rows))
+    except Exception:
+        logger.exception("the shadow prediction of %s version %s failed", shadow.name, shadow.version)
+
+
 def _infer(served: Served, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The batch function: one ONNX Runtime call for a batch of preprocessed images of one model version."""
     probs, embedding = served.model.probabilities(np.stack(inputs))
