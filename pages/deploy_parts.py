@@ -171,6 +171,13 @@ def server_section(root: str, tasks, owner: str, refusal: str) -> dict[str, Any]
                        f"since {status.get('started')}).")
         else:
             st.warning(f"The server (pid {status['pid']}, {url}) is running but does not answer /health yet.")
+        rival = health.get("challenger")
+        if rival:
+            how = ("in the shadow: it predicts every request, logged only" if rival["mode"] == "shadow" else
+                   f"in an A/B test: it answers {rival['share']:.0%} of the requests")
+            st.info(f"Beside it: **{ui.md_escape(rival['ref'])}** (version {rival['version']}) {how}."
+                    + ("" if rival["active"] else " It names the served version now, so nothing is compared.")
+                    + " The Monitor page compares the two as feedback arrives.")
         st.markdown("Send it an image from a terminal on this machine:")
         st.code(f"curl -F file=@image.jpg {url}/predict", language="bash")
         st.markdown(f"The API's own documentation: [{url}/docs]({url}/docs) · Prometheus metrics: "
@@ -194,13 +201,30 @@ def server_section(root: str, tasks, owner: str, refusal: str) -> dict[str, Any]
     ref = left.selectbox("Serve", list(refs), format_func=refs.get, key="deploy.serve_ref")
     port = right.number_input("Port (0: any free one)", min_value=0, max_value=65535, value=8000, step=1,
                               key="deploy.serve_port")
+    beside = _challenger_form(refs, ref)
     if button.button("Start the server", type="primary", key="deploy.start", disabled=bool(refusal)):
         tasks.submit(SERVER, root, f"starting the prediction server for {ref}",
-                     lambda progress: start_server(root, ref, int(port) or None), owner=owner)
+                     lambda progress: start_server(root, ref, int(port) or None, extra_args=beside), owner=owner)
         st.rerun()
     if refusal:
         st.caption(ui.md_escape(refusal))
     return status
+
+
+def _challenger_form(refs: dict[str, str], ref: str) -> list[str]:
+    """A second version beside the served one (shadow or A/B): the server's extra arguments."""
+    left, middle, right = st.columns([4, 2, 2], vertical_alignment="bottom")
+    others = ["", *(r for r in refs if r != ref)]
+    rival = left.selectbox("Beside it (a challenger)", others, key="deploy.serve_challenger",
+                           format_func=lambda r: refs.get(r, "none"),
+                           help="Measure a new version on the same traffic before promoting it: in the shadow it "
+                                "predicts every request and only the served model answers; in an A/B test it "
+                                "answers a share of the requests.")
+    mode = middle.radio("How", ("shadow", "ab"), key="deploy.serve_mode", horizontal=True, disabled=not rival,
+                        format_func={"shadow": "shadow", "ab": "A/B"}.get)
+    share = right.slider("A/B share", 0.05, 0.5, 0.1, 0.05, key="deploy.serve_share",
+                         disabled=not rival or mode != "ab")
+    return ["--challenger", rival, "--mode", mode, "--ab-share", f"{share:g}"] if rival else []
 
 
 @st.fragment(run_every=1.0)

@@ -186,7 +186,9 @@ def test_the_server_starts_and_stops_from_the_page_and_predictions_are_listed(de
     ws, _, export = deployed
     registry = registry_of(ws)
     registry.register(export.bundle_dir, "digits")
+    registry.register(export.bundle_dir, "digits")
     registry.set_alias("digits", "champion", 1)
+    registry.set_alias("digits", "challenger", 2)
     model = Predictor(ws, "digits@champion")
     with open(first_test_image(ws), "rb") as f:
         data = f.read()
@@ -202,7 +204,10 @@ def test_the_server_starts_and_stops_from_the_page_and_predictions_are_listed(de
         assert "The latest 2 of 2 predictions; 1 of them with feedback." in texts(at)
 
         at.number_input(key="deploy.serve_port").set_value(0)
-        at.selectbox(key="deploy.serve_ref").set_value("digits@champion")
+        at.selectbox(key="deploy.serve_ref").set_value("digits@champion").run()
+        assert at.radio(key="deploy.serve_mode").disabled  # no challenger chosen yet
+        at.selectbox(key="deploy.serve_challenger").set_value("digits@challenger").run()
+        assert not at.radio(key="deploy.serve_mode").disabled and at.slider(key="deploy.serve_share").disabled
         button(at, "Start the server").click().run()
         assert not at.exception
         task = ui.job_manager().tasks.latest("server")
@@ -214,6 +219,8 @@ def test_the_server_starts_and_stops_from_the_page_and_predictions_are_listed(de
         assert status["running"] and status["healthy"]
         said = "\n".join(shown(s.value) for s in at.success)
         assert f"**Running** at {status['url']}, serving **digits** version 1" in said
+        beside = "\n".join(shown(i.value) for i in at.info)
+        assert "Beside it: **digits@challenger** (version 2) in the shadow: it predicts every request" in beside
         assert f"curl -F file=@image.jpg {status['url']}/predict" in [c.value for c in at.code]
         assert f"[{status['url']}/docs]({status['url']}/docs)" in texts(at)
         assert "Refreshed every 5 s while the server runs." in texts(at)
