@@ -154,3 +154,31 @@ def calibration(probs: np.ndarray, y_true, n_bins: int = 15) -> Calibration:
                   "accuracy": float(acc_b[i]) if count[i] else None,
                   "confidence": float(conf_b[i]) if count[i] else None} for i in range(n_bins))
     return Calibration(ece, bins)
+
+
+# ------------------------------------------------------------------------------------------ proportions
+def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion (successes of n), e.g. an accuracy from n labelled predictions: unlike
+    the normal approximation it stays inside [0, 1] and is not zero-width at 0 or n. (nan, nan) when n is 0."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int, level: float = LEVEL
+                        ) -> tuple[float, float]:
+    """Interval of p_b - p_a for two INDEPENDENT proportions (e.g. the two arms of an A/B test): Newcombe's hybrid
+    score method (1998, method 10) from each arm's Wilson interval. For paired data (both models on the same
+    images) use bootstrap_mean_interval of the per-image differences instead."""
+    if n_a <= 0 or n_b <= 0:
+        return (float("nan"), float("nan"))
+    pa, pb = successes_a / n_a, successes_b / n_b
+    (la, ua), (lb, ub) = wilson_interval(successes_a, n_a, level), wilson_interval(successes_b, n_b, level)
+    d = pb - pa
+    return (float(d - np.sqrt((pb - lb) ** 2 + (ua - pa) ** 2)), float(d + np.sqrt((ub - pb) ** 2 + (pa - la) ** 2)))

@@ -3,7 +3,14 @@ import pytest
 from scipy.stats import binom, chi2
 from sklearn.metrics import accuracy_score, f1_score
 
-from core.stats import bootstrap_intervals, bootstrap_mean_interval, calibration, mcnemar
+from core.stats import (
+    bootstrap_intervals,
+    bootstrap_mean_interval,
+    calibration,
+    difference_interval,
+    mcnemar,
+    wilson_interval,
+)
 
 
 def test_each_bootstrap_resample_scores_as_scikit_learn_does():
@@ -58,3 +65,19 @@ def test_calibration_error_of_known_cases():
     ninety = np.tile([0.9, 0.1], (10, 1))
     y9 = np.array([0] * 9 + [1])
     assert calibration(ninety, y9).ece == pytest.approx(0.0, abs=1e-9)
+
+
+def test_wilson_interval_matches_published_values():
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook Wilson interval of 8/10
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # not zero-width at 0 of n
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert np.isnan(wilson_interval(0, 0)[0])
+    assert wilson_interval(80, 100, 0.99)[0] < wilson_interval(80, 100)[0]  # higher confidence, wider
+
+
+def test_difference_interval_is_newcombes_method_10():
+    # Newcombe 1998 (Stat Med 17:873), example (a): 56/70 vs 48/80, difference 0.2000, method 10: 0.0524 to 0.3339
+    assert difference_interval(48, 80, 56, 70) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    lo, hi = difference_interval(56, 70, 48, 80)
+    assert (lo, hi) == pytest.approx((-0.3339, -0.0524), abs=1e-4)
