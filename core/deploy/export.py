@@ -30,6 +30,7 @@ from core.deploy import bundle_predict
 from core.deploy.bundle import BUNDLE_FORMAT, INFO_FILE, sha256_file
 from core.deploy.card import deployment_figures, model_card
 from core.deploy.parity import check_parity
+from core.deploy.reference import write_reference
 from core.errors import StudioError
 from core.evaluate.evaluation import best_checkpoint
 from core.files import jsonable, write_text
@@ -139,6 +140,7 @@ def export_run(runs_dir: str, run_id: str, fmt: str = "onnx", out: str | None = 
         info["deployment"] = profile
         write_text(os.path.join(staging, "card.md"),
                    model_card(runs_dir, run_id, run, info, data, split, paths, ref_logits))
+        info["reference"] = write_reference(staging, data, progress=progress)  # for monitoring (core.monitor)
         info["files"] = {name: sha256_file(os.path.join(staging, name)) for name in sorted(os.listdir(staging))
                          if name != INFO_FILE}
         write_text(os.path.join(staging, INFO_FILE), _dumps(info))

@@ -18,8 +18,11 @@ from core.deploy.bundle import Bundle, BundleError, OnnxModel, sha256_file
 from core.deploy.bundle_predict import preprocess, to_rgb
 from core.deploy.export import ExportedModel, ExportError, export_run
 from core.deploy.parity import fp32_rounding
+from core.deploy.reference import load_reference
 from core.model.checkpoint import load_model
 from core.model.preprocess import PreprocessSpec
+from core.runs.launch import run_inputs
+from core.runs.store import RunStore
 
 
 def test_an_onnx_export_passes_parity_and_holds_everything_it_needs(onnx_export, deploy_run):
@@ -36,13 +39,53 @@ def test_an_onnx_export_passes_parity_and_holds_everything_it_needs(onnx_export,
     bundle = Bundle.load(onnx_export.bundle_dir)
     bundle.verify()
     assert set(bundle.info["files"]) == {"model.onnx", "checkpoint.safetensors", "checkpoint.json", "predict.py",
-                                         "card.md"}
+                                         "card.md", "reference.npz"}
     assert bundle.classes == tuple(str(i) for i in range(10))
     assert bundle.info["run_id"] == run_id and bundle.info["status"] == "ok"
     prep = bundle.preprocessing
     assert prep["input_size"] == 32 and prep["colour_mode"] == "RGB" and len(prep["mean"]) == 3
     # no staging folder left beside the bundle
     assert not [n for n in os.listdir(os.path.dirname(onnx_export.bundle_dir)) if n.startswith(".export-")]
+
+
+def test_the_bundle_holds_a_reference_computed_through_the_exported_model_as_served(onnx_export, deploy_run,
+                                                                                      tmp_path):
+    import shutil
+
+    runs_dir, run_id = deploy_run
+    _, data = run_inputs(RunStore(runs_dir), run_id)
+    bundle = Bundle.load(onnx_export.bundle_dir)
+    ref = load_reference(bundle.path)
+    assert ref is not None and ref.classes == bundle.classes
+    # every training image (210 <= 1000) and every val image (50 <= 500), in split order, float16 as logged
+    dim = bundle.info["embedding_dim"]
+    assert ref.train_embeddings.shape == (210, dim) and ref.train_embeddings.dtype == np.float16
+    assert ref.val_embeddings.shape == (50, dim)
+    # the server's path: file bytes -> load_rgb -> the bundle's preprocessing -> ONNX -> (softmax, 2nd output)
+    model = OnnxModel(bundle)
+    for split, stored in (("val", ref.val_embeddings), ("train", ref.train_embeddings)):
+        paths = getattr(data, split).paths
+        x = np.stack([bundle.preprocess(load_rgb(open(p, "rb").read())) for p in paths[:5]])
+        probs, embedding = model.probabilities(x)
+        assert np.abs(stored[:5].astype(np.float32) - embedding).max() <= 2e-3 * max(1.0, np.abs(embedding).max())
+        if split == "val":
+            assert np.allclose(ref.val_confidence[:5], probs.max(axis=1), atol=1e-5)
+            assert list(ref.val_predicted[:5]) == list(probs.argmax(axis=1))
+    assert list(ref.val_labels) == list(data.val.labels)  # class order of the bundle == the run's
+    assert ref.val_accuracy == pytest.approx(float(np.mean(ref.val_predicted == ref.val_labels)))
+    assert 0.0 < ref.mean_confidence <= 1.0
+    counts = np.bincount(data.val.labels, minlength=10) / len(data.val)
+    assert [ref.val_class_shares[c] for c in bundle.classes] == pytest.approx(list(counts))
+    # the training images' input statistics: 24 px RGB PNG digits, dark backgrounds
+    assert set(ref.train_width) == {24} and set(ref.train_height) == {24}
+    assert ref.colour_mode_shares == {"RGB": 1.0, "L": 0.0, "RGBA": 0.0, "other": 0.0}
+    assert 0 < ref.input_summary()["brightness"] < 128
+    assert bundle.info["reference"]["n_train"] == 210 and bundle.info["reference"]["seconds"] >= 0
+    # a bundle exported before references existed has none
+    old = str(tmp_path / "old")
+    shutil.copytree(bundle.path, old)
+    os.remove(os.path.join(old, "reference.npz"))
+    assert load_reference(old) is None
 
 
 def test_the_card_states_data_metrics_baselines_latency_license_and_weaknesses(onnx_export):
