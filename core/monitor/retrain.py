@@ -28,6 +28,7 @@ from core.deploy.bundle import Bundle
 from core.deploy.export import export_run
 from core.deploy.registry import Registry
 from core.errors import StudioError
+from core.monitor.alerts import Alert, AlertStore
 from core.monitor.newdata import NewData, build_dataset_version, champion_of, collect_new_data
 from core.runs.launch import run_inputs, start_run
 from core.runs.store import RunStore
@@ -90,10 +91,12 @@ class RetrainResult:
         return asdict(self)
 
 
-def _open_alerts(root: str, model: str) -> list:
-    from core.monitor.alerts import AlertStore  # written beside this module; its store lives in the workspace
-
-    return list(AlertStore(root).open_alerts(model))
+def _open_alerts(root: str, model: str) -> list[Alert]:
+    store = AlertStore(root)
+    try:
+        return list(store.open_alerts(model))
+    finally:
+        store.close_connections()
 
 
 def _counting(alert, rules: TriggerRules) -> str:

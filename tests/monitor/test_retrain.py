@@ -20,6 +20,7 @@ from core.data.splits import read_manifest
 from core.deploy.predlog import PredictionLog
 from core.deploy.registry import Registry
 from core.monitor import retrain as retrain_mod
+from core.monitor.alerts import AlertStore
 from core.monitor.newdata import NewData, NewExample
 from core.monitor.retrain import RetrainRefused, TriggerRules, failure_focus, retrain, trigger_state
 from core.runs.store import RunStore
@@ -70,6 +71,19 @@ def test_no_alert_or_a_small_drop_or_another_kind_does_not_trigger():
     assert not t.should_retrain and "2 open alerts of other kinds or below the rule" in t.sentence()
     assert trigger_state("unused", "digits", TriggerRules(10, accuracy_drop=0.03), new=new_data(50),
                          alerts=[small]).should_retrain
+
+
+def test_the_trigger_reads_the_monitors_open_alerts(tmp_path):
+    root = str(tmp_path)
+    store = AlertStore(root)
+    assert not trigger_state(root, "digits", RULES, new=new_data(10)).should_retrain
+    store.raise_or_update("digits", "accuracy", "labelled accuracy fell", {"accuracy": 0.78, "baseline": 0.90})
+    store.raise_or_update("other", "drift", "drift on another model")
+    t = trigger_state(root, "digits", RULES, new=new_data(10))
+    assert t.should_retrain and [a.kind for a in t.open_alerts] == ["accuracy"]
+    store.close("digits", "accuracy", "retrained")
+    assert not trigger_state(root, "digits", RULES, new=new_data(10)).should_retrain
+    store.close_connections()
 
 
 def test_rules_are_checked():
