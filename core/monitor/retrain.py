@@ -9,12 +9,13 @@ labels has nothing to learn from, labels without an alert fix nothing that is br
 `retrain` builds the dataset version (the champion's rows in their splits + the new images' own split), starts a
 normal run with the champion run's TrainConfig, its trunk warm-started from the champion bundle's
 checkpoint.safetensors (`checkpoint_path`; core.model.backbones.load_user_weights takes the studio checkpoint's
-trunk.* keys and ignores head.*) and its head fitted again by the linear probe (`head_init="linear_probe"`: the
-class list may have grown). Targeted fine-tuning: TrainConfig's losses weight classes by inverse frequency only
-(core.train.losses.class_weights), not by where the model fails, so the classes (and image-size buckets) the
-champion's feedback shows failures concentrated on get their new TRAIN images repeated (`FOCUS_REPEAT` copies) in
-the dataset version, and the result says so. The run is exported (ONNX, parity-checked), registered as the next
-version and named by the alias "challenger"; "champion" moves only through core.monitor.challenger.promote.
+trunk.* keys and ignores head.*, but refuses adapter.*: see warm_start_weights) and its head fitted again by the
+linear probe (`head_init="linear_probe"`: the class list may have grown). Targeted fine-tuning: TrainConfig's
+losses weight classes by inverse frequency only (core.train.losses.class_weights), not by where the model fails,
+so the classes (and image-size buckets) the champion's feedback shows failures concentrated on get their new TRAIN
+images repeated (`FOCUS_REPEAT` copies) in the dataset version, and the result says so. The run is exported (ONNX,
+parity-checked), registered as the next version and named by the alias "challenger"; "champion" moves only through
+core.monitor.challenger.promote.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from core.deploy.bundle import Bundle
 from core.deploy.export import export_run
 from core.deploy.registry import Registry
 from core.errors import StudioError
+from core.files import atomic_write
 from core.monitor.alerts import Alert, AlertStore
 from core.monitor.newdata import NewData, build_dataset_version, champion_of, collect_new_data
 from core.runs.launch import run_inputs, start_run
@@ -164,6 +166,28 @@ def failure_focus(new: NewData) -> tuple[list[str], set[str], set[str]]:
     return out, found["class"], found["input size"]
 
 
+def warm_start_weights(root: str, champion) -> tuple[str, str]:
+    """(the weights file the trunk starts from, a sentence when it is not the bundle's own checkpoint).
+
+    core.model.backbones.load_user_weights takes trunk.* keys and ignores head.*, but refuses any other key: a
+    champion trained with adapter layers has adapter.* tensors. Then only its trunk is written to
+    <root>/checkpoints/warm-start-<model>-v<version>.safetensors (the adapter is fitted again, like the head)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Bundle.load(champion.path).checkpoint_path
+    with safe_open(path, framework="pt") as f:
+        keys = list(f.keys())
+    if all(k.startswith(("trunk.", "head.")) for k in keys):
+        return path, ""
+    state = {k: v for k, v in load_file(path).items() if k.startswith("trunk.")}
+    out = os.path.join(root, "checkpoints", f"warm-start-{champion.name}-v{champion.version}.safetensors")
+    atomic_write(out, lambda tmp: save_file(state, tmp))
+    others = sorted({k.split(".")[0] for k in keys} - {"trunk", "head"})
+    return out, (f"the trunk starts from {champion.ref}'s weights; its {', '.join(others)} layers are fitted again "
+                 f"(only the trunk was kept, in {out})")
+
+
 def _config(root: str, champion_run: str, checkpoint: str, overrides) -> TrainConfig:
     config, _ = run_inputs(RunStore(os.path.join(root, "runs")), champion_run)
     config = config.replace(checkpoint_path=checkpoint, head_init="linear_probe")
@@ -192,7 +216,9 @@ def retrain(root: str, model: str, extra: str | os.PathLike | None = None, rules
                      f"{len(set(new.classes) | set(new.new_classes))} classes")
     repeat = {e.sha256: FOCUS_REPEAT for e in new.examples
               if e.label in classes or (e.source == "feedback" and _bucket(e.width, e.height) in buckets)}
-    checkpoint = Bundle.load(champion.path).checkpoint_path
+    checkpoint, note = warm_start_weights(root, champion)
+    if note:
+        focus.append(note)
     config = _config(root, champion.run_id, checkpoint, config_overrides)
     progress(f"{model}: {'; '.join(new.sentences())}")
     version = build_dataset_version(root, model, new, repeat)

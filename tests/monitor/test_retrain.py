@@ -207,3 +207,38 @@ def test_retrain_refuses_without_the_trigger_unless_forced(retrained, monkeypatc
     with pytest.raises(RuntimeError, match="stop here"):  # force passes the trigger and starts the run
         retrain(root, "digits", force=True, progress=lambda m: None)
     assert len(started) == 1 and started[0][0].checkpoint_path.endswith("checkpoint.safetensors")
+
+
+def test_a_champion_with_adapter_layers_warm_starts_from_its_trunk_only(tmp_path):
+    """load_user_weights refuses adapter.* keys ("7 unexpected (e.g. adapter.0.bias)"): the trunk is kept apart."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file, save_file
+    from test_newdata import fake_bundle
+
+    from core.model.backbones import WeightsError, load_backbone, load_user_weights
+    from core.model.transfer import TransferModel
+
+    model = TransferModel(load_backbone("efficientnet_lite0", pretrained=False), 3, adapter_layers=1)
+    bundle = fake_bundle(str(tmp_path / "bundle"), "run-1", ["a", "b", "c"])
+    weights = os.path.join(bundle, "checkpoint.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    trunk = load_backbone("efficientnet_lite0", pretrained=False).trunk
+    with pytest.raises(WeightsError, match="unexpected"):
+        load_user_weights(trunk, weights)
+    champion = SimpleNamespace(path=bundle, name="digits", version=1, ref="digits:1")
+    path, note = retrain_mod.warm_start_weights(str(tmp_path / "ws"), champion)
+    assert path.endswith("warm-start-digits-v1.safetensors") and "adapter layers are fitted again" in note
+    assert all(k.startswith("trunk.") for k in load_file(path))
+    load_user_weights(trunk, path)  # accepted now
+    assert torch_equal(trunk.state_dict(), model.trunk.state_dict())
+    plain = TransferModel(load_backbone("efficientnet_lite0", pretrained=False), 3)
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, weights)
+    # trunk.* and head.* only: the bundle's own file
+    assert retrain_mod.warm_start_weights(str(tmp_path / "ws"), champion) == (weights, "")
+
+
+def torch_equal(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
