@@ -5,8 +5,9 @@ window, only the model's "served" rows (what clients got; shadow rows are a chal
 
   volume, latency p50/p99, mean confidence, share under the low-confidence threshold, predicted-class shares and
   their total variation distance from the validation split's class shares (0 = the same mix, 1 = disjoint),
-  mean input width/height (logged for every prediction) against the training images', mean brightness (only when
-  images are logged: decoded for at most `brightness_sample` rows a window, else left out), and accuracy on the
+  mean input width/height (logged for every prediction) as a ratio to the training images', mean brightness and its
+  difference from theirs (only when images are logged: decoded for at most `brightness_sample` rows a window, else
+  left out; the colour mode is not logged, so not compared), and accuracy on the
   predictions that got feedback (the latest feedback on each counts) with its Wilson 95% interval.
 
 Counts, means, class shares and feedback joins are GROUP BY queries; latency quantiles need the values, so one
@@ -46,6 +47,9 @@ class Window:
     mean_height: float | None = None
     mean_brightness: float | None = None  # None when no image of the window was logged
     n_brightness: int = 0  # logged images the brightness was measured on
+    width_vs_reference: float | None = None  # mean width / the training images' mean width
+    height_vs_reference: float | None = None
+    brightness_vs_reference: float | None = None  # mean brightness - the training images' (0-255 levels)
     n_labelled: int = 0  # predictions with feedback
     n_correct: int = 0  # ... whose latest feedback agrees with the prediction
     accuracy: float | None = None
@@ -114,6 +118,8 @@ def compute_windows(log: PredictionLog, model: str, bounds: list[tuple[float, fl
     cuts = np.searchsorted(lat_b, np.arange(len(bounds) + 1))
     bright = _brightness(log, bucket, where, params, brightness_sample)
     val_shares = reference.val_class_shares if reference is not None else None
+    ref_w, ref_h, ref_b = (_mean(a) for a in (reference.train_width, reference.train_height,
+                                              reference.train_brightness)) if reference is not None else (None,) * 3
     out = []
     for i, (start, end) in enumerate(bounds):
         r = rows.get(i)
@@ -132,6 +138,9 @@ def compute_windows(log: PredictionLog, model: str, bounds: list[tuple[float, fl
             class_tvd=None if not val_shares else total_variation(shares, val_shares),
             mean_width=float(r["w"]), mean_height=float(r["h"]),
             mean_brightness=float(np.mean(b)) if b else None, n_brightness=len(b),
+            width_vs_reference=float(r["w"]) / ref_w if ref_w else None,
+            height_vs_reference=float(r["h"]) / ref_h if ref_h else None,
+            brightness_vs_reference=float(np.mean(b)) - ref_b if b and ref_b is not None else None,
             n_labelled=n_lab, n_correct=n_ok, accuracy=n_ok / n_lab if n_lab else None,
             accuracy_ci=wilson_interval(n_ok, n_lab) if n_lab else None))
     return out
@@ -203,6 +212,10 @@ def _brightness(log: PredictionLog, bucket: str, where: str, params: list, per_w
             except ImageError:
                 continue  # the server decoded it once; a log row whose bytes no longer decode is left out
     return out
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
 
 
 def _q(values: np.ndarray, q: float) -> float | None:

@@ -60,6 +60,7 @@ def test_window_figures_from_the_log(tmp_path):
     assert w[0].class_shares == {"cat": 1.0} and w[0].class_tvd == pytest.approx(0.2)
     assert w[1].class_shares == {"dog": 1.0} and w[1].class_tvd == pytest.approx(0.8)
     assert w[1].mean_width == 48 and w[1].mean_height == 49
+    assert w[1].width_vs_reference == 2.0 and w[0].width_vs_reference == 1.0  # training images: 24 px wide
     assert w[0].mean_brightness is None and w[0].n_brightness == 0  # no image logged: no brightness
     assert w[2].mean_confidence is None and w[2].accuracy is None
     assert compute_windows(log, "pets", bounds)[1].n == 80  # every version when none is asked for
@@ -71,8 +72,9 @@ def test_brightness_only_from_logged_images(tmp_path):
     Image.new("RGB", (20, 20), (200, 200, 200)).save(buf, format="PNG")
     log = PredictionLog(str(tmp_path))
     log.log_many(rows(10, T0, image=buf.getvalue()) + rows(10, T0 + 20))
-    (w,) = compute_windows(log, "pets", window_bounds(T0, T0 + 3600))
+    (w,) = compute_windows(log, "pets", window_bounds(T0, T0 + 3600), reference=reference())
     assert w.n == 20 and w.n_brightness == 10 and w.mean_brightness == pytest.approx(200, abs=1)
+    assert w.brightness_vs_reference == pytest.approx(100, abs=1)  # the training images' mean: 100
 
 
 def test_accuracy_uses_the_latest_feedback_and_a_wilson_interval(tmp_path):
