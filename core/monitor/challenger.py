@@ -282,11 +282,12 @@ def decide(comparison: Comparison | OnlineComparison, margin: float = 0.0, confi
     else:
         return Decision(False, f"no labelled images both versions were measured on ({comparison.where}): "
                                "nothing shows the challenger is not worse; keep the champion", **keep)
+    floor = f"{-margin * 100:.1f}" if margin else "0"
     if lo >= -margin:
         return Decision(True, f"{evidence}: not worse (the lower bound {lo * 100:+.1f} points is at or above "
-                              f"-{margin * 100:.1f}); promote", **keep)
+                              f"{floor}); promote", **keep)
     return Decision(False, f"{evidence}: may be worse (the lower bound {lo * 100:+.1f} points is below "
-                           f"-{margin * 100:.1f}); keep the champion", **keep)
+                           f"{floor}); keep the champion", **keep)
 
 
 def promote(root: str, model: str, decision: Decision, actor: str = "", force: bool = False) -> dict[str, Any]:

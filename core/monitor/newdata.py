@@ -12,7 +12,8 @@ Two sources:
 
 Images already in the champion's dataset (same sha256) are not new and are left out. Labels may name classes the
 champion does not know: they are allowed (the retrain fits its head again on the new class list) and listed in
-`NewData.new_classes`. A label that cannot be a folder name (empty, "/", a leading dot) is refused with its count.
+`NewData.new_classes` (the server's /feedback already refuses labels outside the served version's classes, so new
+classes come from uploads). A label that cannot be a folder name (empty, "/", a leading dot) is refused with its count.
 
 `build_dataset_version` writes one staging folder `train|val|test/<class>/...`: the champion run's manifest rows
 in their own split (old test images stay test) and the new images (`new-<sha>.<ext>`) split 70/15/15 among
@@ -178,15 +179,11 @@ def collect_new_data(root: str, model: str, extra: str | os.PathLike | None = No
                    version.version, version.run_id)
 
 
-def _image_bytes(root: str, example: NewExample) -> bytes:
+def _image_bytes(log: PredictionLog, example: NewExample) -> bytes:
     if example.source == "upload":
         with open(example.path, "rb") as f:
             return f.read()
-    log = PredictionLog.for_workspace(root)
-    try:
-        row = log.query("SELECT image FROM predictions WHERE id = ?", (example.prediction_id,))
-    finally:
-        log.close()
+    row = log.query("SELECT image FROM predictions WHERE id = ?", (example.prediction_id,))
     if not row or row[0]["image"] is None:
         raise NewDataError(f"prediction {example.prediction_id}'s image is gone from the log; collect again")
     return bytes(row[0]["image"])
@@ -248,6 +245,7 @@ def build_dataset_version(root: str, model: str, new: NewData, repeat: Mapping[s
     staging = os.path.join(datasets, f".staging-newdata-{uuid.uuid4().hex}")
     planned: dict[str, str] = {}  # staged relative path -> split
     repeated: dict[str, int] = {}
+    log = PredictionLog.for_workspace(root)
     try:
         taken: dict[tuple[str, str], set[str]] = {}
         for row in manifest.rows:
@@ -256,7 +254,7 @@ def build_dataset_version(root: str, model: str, new: NewData, repeat: Mapping[s
             _place(str(manifest.path_of(row)), os.path.join(staging, *rel.split("/")))
             planned[rel] = row.split
         for e in new.examples:
-            data = _image_bytes(root, e)
+            data = _image_bytes(log, e)
             split = splits[e.sha256]
             copies = max(1, int((repeat or {}).get(e.sha256, 1))) if split == "train" else 1
             if copies > 1:
@@ -267,8 +265,10 @@ def build_dataset_version(root: str, model: str, new: NewData, repeat: Mapping[s
                 with open(os.path.join(staging, *rel.split("/")), "wb") as f:
                     f.write(data)
                 planned[rel] = split
+        log.close()
         dataset = resolve_dataset(staging, root, filename=f"retrain-{model}")
     finally:
+        log.close()
         shutil.rmtree(staging, ignore_errors=True)
     got = {s.path: s.split for s in dataset.samples}
     moved = [p for p, split in planned.items() if got.get(p, split) != split]

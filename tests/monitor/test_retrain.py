@@ -147,10 +147,10 @@ def shared_retrain(tmp_path_factory, deploy_run, bundle_dir, digits_dir) -> dict
         shutil.copyfile(path, upload / label / os.path.basename(path))
         labels[hashlib.sha256(open(path, "rb").read()).hexdigest()] = label
     messages: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:  # the monitor's open alert (core.monitor.alerts' store, not needed here)
-        mp.setattr(retrain_mod, "_open_alerts", lambda root, model: [accuracy_alert()])
-        result = retrain(root, "digits", extra=str(upload), rules=TriggerRules(min_new_labels=50),
-                         progress=messages.append)
+    alerts = AlertStore(root)  # what the monitor's check opened: labelled accuracy 10 points below validation
+    alerts.raise_or_update("digits", "accuracy", "labelled accuracy fell", {"accuracy": 0.80, "baseline": 0.90})
+    alerts.close_connections()
+    result = retrain(root, "digits", extra=str(upload), rules=TriggerRules(min_new_labels=50), progress=messages.append)
     _SHARED.update(root=root, result=result, labels=labels, messages=messages, champion_run=run_id)
     return _SHARED
 
@@ -191,6 +191,7 @@ def test_retrain_registers_a_warm_started_challenger(retrained):
     threes = [r for r in new_rows if r.split == "train" and r.label == "3"]
     assert threes and all(sum(x.sha256 == r.sha256 for x in new_rows) == 2 for r in threes)  # oversampled
     assert any("registered as digits@challenger" in m for m in retrained["messages"])
+    assert any("10.0% below the validation baseline" in r for r in result.trigger)
 
 
 def test_retrain_refuses_without_the_trigger_unless_forced(retrained, monkeypatch):
