@@ -168,7 +168,9 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)  # exact at the ends (no 1e-17 of float noise)
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return (float(lo), float(hi))
 
 
 def difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int, level: float = LEVEL
