@@ -171,7 +171,7 @@ def _accuracy(windows: list[Window], ref: Reference | None, config: MonitorConfi
         return Finding("accuracy", UNKNOWN, _NO_REFERENCE, {"n_labelled": n})
     floor = config.accuracy_ratio * ref.val_accuracy
     details = {"n_labelled": n, "n_correct": k, "accuracy": total["accuracy"], "ci": total["accuracy_ci"],
-               "val_accuracy": ref.val_accuracy, "floor": floor}
+               "val_accuracy": ref.val_accuracy, "baseline": ref.val_accuracy, "floor": floor}  # baseline: retrain's
     if n < config.min_labels:
         return Finding("accuracy", UNKNOWN, f"only {n} labelled predictions in the period; accuracy is judged from "
                        f"{config.min_labels} (send feedback on more predictions)", details)

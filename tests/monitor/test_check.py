@@ -96,6 +96,8 @@ def test_accuracy_alert_from_wrong_feedback(tmp_path, bundle_dir, images):
     assert accuracy.sentence.startswith("accuracy on 50 labelled predictions is ") and "validation figure" in \
         accuracy.sentence
     assert [a.kind for a in report.alerts] == ["accuracy"] and any("accuracy on 50" in s for s in report.sentences())
+    details = report.alerts[0].details  # what core.monitor.retrain's trigger reads
+    assert details["baseline"] == details["val_accuracy"] > details["accuracy"] and details["n_labelled"] == 50
 
 
 def test_a_bundle_without_reference_and_bad_input(tmp_path, bundle_dir):
