@@ -148,3 +148,27 @@ def top_k_figure(top_k: Sequence[tuple[str, float]]) -> go.Figure:
                       xaxis=dict(range=[0, 1.1], tickformat=".0%", showgrid=False, visible=False), showlegend=False)
     fig.update_yaxes(type="category")
     return fig
+
+
+def window_figure(frame: pd.DataFrame, title: str, y_title: str, series: Mapping[str, str],
+                  band: tuple[str, str] | None = None, reference: Mapping[str, float] | None = None,
+                  percent: bool = False) -> go.Figure:
+    """Monitoring figures over time windows: one line per `series` (label -> column of `frame`, x = "start"), a
+    shaded interval between the `band` columns, and the validation figures as dashed lines (label -> value)."""
+    fig = go.Figure()
+    if band is not None and frame[band[0]].notna().any():
+        fig.add_trace(go.Scatter(x=list(frame["start"]) + list(frame["start"])[::-1],
+                                 y=list(frame[band[1]]) + list(frame[band[0]])[::-1], fill="toself",
+                                 fillcolor="rgba(47,126,216,0.15)", line=dict(width=0), name="95% interval",
+                                 hoverinfo="skip"))
+    for i, (label, column) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=frame["start"], y=frame[column], name=label, mode="lines+markers",
+                                 line=dict(width=2.5, color=PALETTE[i % len(PALETTE)]), connectgaps=False))
+    for name, value in (reference or {}).items():
+        if value is not None:
+            fig.add_hline(y=value, line_dash="dash", line_color="#555", annotation_text=name,
+                          annotation_position="bottom right")
+    fig.update_layout(**titled(title, **_MARGIN), xaxis_title="window start (UTC)", yaxis_title=y_title, **_LAYOUT)
+    if percent:
+        fig.update_yaxes(tickformat=".0%")
+    return fig

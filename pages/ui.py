@@ -56,6 +56,7 @@ PAGES = {  # file -> Page, in the navigation's order: the one registry of the pa
     "pages/evaluate.py": Page("6 · Evaluate", ":material/fact_check:", ("run",)),
     "pages/predict.py": Page("7 · Predict", ":material/online_prediction:"),
     "pages/deploy.py": Page("8 · Deploy", ":material/rocket_launch:", ("run",)),
+    "pages/monitor.py": Page("9 · Monitor", ":material/monitor_heart:"),
 }
 
 

@@ -108,7 +108,7 @@ class Predictor:
             row = {"model": self.model_name, "version": self.version,
                    "input_sha256": hashlib.sha256(data).hexdigest(), "width": rgb.width, "height": rgb.height,
                    "predicted": top[0][0], "confidence": top[0][1], "top_k": top, "latency_ms": latency,
-                   "embedding": emb}
+                   "embedding": emb, "image": data}  # kept (under the log's cap): a flagged one becomes training data
             rows.append(row)
             out.append((name, rgb, top, latency))
         ids = self.log.log_many(rows)
