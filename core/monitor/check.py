@@ -173,7 +173,8 @@ def _accuracy(windows: list[Window], ref: Reference | None, config: MonitorConfi
     details = {"n_labelled": n, "n_correct": k, "accuracy": total["accuracy"], "ci": total["accuracy_ci"],
                "val_accuracy": ref.val_accuracy, "baseline": ref.val_accuracy, "floor": floor}  # baseline: retrain's
     if n < config.min_labels:
-        return Finding("accuracy", UNKNOWN, f"only {n} labelled predictions in the period; accuracy is judged from "
+        return Finding("accuracy", UNKNOWN, f"{f'only {n}' if n else 'no'} labelled predictions in the period; "
+                       f"accuracy is judged from "
                        f"{config.min_labels} (send feedback on more predictions)", details)
     acc, (lo, hi) = total["accuracy"], total["accuracy_ci"]
     figure = (f"accuracy on {n} labelled predictions is {_pct(acc)} (95% CI {_pct(lo, False)}-{_pct(hi)}), "
@@ -221,7 +222,8 @@ def _latency(recent: dict[str, Any], windows: list[Window], config: MonitorConfi
     if base is not None and p99 > config.latency_factor * base and p99 > config.latency_floor_ms:
         return Finding("latency", ALERT, f"{head}, {p99 / base:.1f}x the first window's {base:.0f} ms (from "
                        f"{iso(first.start)}; alert above {config.latency_factor:g}x)", details)
-    against = f"the first window's {base:.0f} ms" if base is not None else "no earlier window to compare with"
+    against = (f"within {config.latency_factor:g}x the first window's {base:.0f} ms" if base is not None
+               else "no earlier window to compare with")
     return Finding("latency", OK, f"{head}; {against}", details)
 
 
