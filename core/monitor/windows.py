@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from core.data.images import ImageError, load_rgb
 from core.deploy.predlog import PredictionLog, decode_embedding, iso
 from core.deploy.reference import Reference, brightness
+from core.stats import wilson_interval
 
 HOUR, DAY = 3600.0, 86400.0
 MAX_WINDOWS = 500
@@ -60,17 +60,6 @@ class Window:
         out = dataclasses.asdict(self)
         out["start_iso"], out["end_iso"] = iso(self.start), iso(self.end)
         return out
-
-
-def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (better than the normal one at small n and near 0 or 1)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    z = NormalDist().inv_cdf(0.5 + level / 2)  # the standard library's: no scipy import on a cron check
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def window_bounds(since: float, until: float, n_windows: int | None = None, seconds: float | None = None
