@@ -1,7 +1,9 @@
 """The model leaves the studio, in a real browser: a run trained in the dashboard's workspace is exported on the
 Deploy page (the parity verdict shown), registered as "digits" with the alias champion, tried on the Predict page
 with a new image (a digit drawn here, in no dataset), flagged as wrong with another label, and the feedback is
-in the workspace's prediction log; the Deploy page then lists that prediction with its feedback.
+in the workspace's prediction log; the Deploy page then lists that prediction with its feedback. On the Monitor
+page the flagged prediction waits in the feedback queue; a retrain registers a challenger, the comparison gives
+its verdict, and the challenger is promoted.
 
 Shares the server fixture and helpers of test_browser.py (Debian chromium, a fresh workspace). Screenshots:
 test-output/screenshots/deploy*.png and predict.png (docs/screenshots/ with UPDATE_DOC_SCREENSHOTS=1).
@@ -106,6 +108,34 @@ def test_export_register_predict_and_flag_a_prediction_wrong(server, small_digit
             expect(page.get_by_text("The latest 1 of 1 predictions; 1 of them with feedback.")).to_be_visible()
             page.get_by_role("heading", name="Latest predictions").scroll_into_view_if_needed()
             shot(page, "deploy-predictions", doc=True)
+
+            # the loop closes: the flagged prediction waits in the Monitor page's queue; a retrain (forced: one
+            # label and no alert do not trigger one) registers a challenger, compared and then promoted
+            go(page, "Monitor", "9 ·")
+            main = page.get_by_test_id("stMainBlockContainer")
+            expect(main.get_by_text(re.compile(rf"flagged as {right} · “a seven drawn by hand”"))).to_be_visible()
+            shot(page, "monitor", doc=True)
+            needed = page.get_by_role("spinbutton", name="New labelled images needed")
+            needed.fill("1")
+            needed.press("Enter")
+            expect(main.get_by_text(re.compile("^No retrain\u2060?\\.$"))).to_be_visible()  # md_escape's joiner
+            page.get_by_text("Retrain even though the trigger says no").click()
+            page.get_by_role("button", name="Retrain now").click()
+            done = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Retrained")
+            expect(done).to_contain_text("registered as digits version 2, now challenger", timeout=5 * MINUTE)
+            page.get_by_role("button", name="Compare on the held-out images").click()
+            verdict = main.get_by_text(re.compile(r"^(Promote|Keep the champion)\.$"))
+            expect(verdict).to_be_visible(timeout=2 * MINUTE)
+            margin = page.get_by_role("spinbutton", name=re.compile("^Promote when the challenger"))
+            margin.fill("50")
+            margin.press("Enter")
+            expect(main.get_by_text(re.compile(r"^Promote\.$"))).to_be_visible()
+            shot(page, "monitor-compare", doc=True)
+            page.get_by_role("button", name="Promote the challenger").click()
+            expect(main.get_by_text(re.compile(r"^Promoted: digits@champion names version 2"))).to_be_visible()
+            from core.deploy.registry import Registry
+
+            assert Registry(os.path.join(server.workspace, "registry")).alias_version("digits", "champion") == 2
         except Exception:
             shot(page, "deploy-failure")
             raise
