@@ -319,11 +319,14 @@ def figures_section(root: str, model: str) -> None:
                       reference={"validation": ref.val_accuracy if ref else None,
                                  "alert line (90% of validation)": 0.9 * ref.val_accuracy
                                  if ref and ref.val_accuracy is not None else None}),
-        window_figure(frame, "Predicted classes against validation", "total variation distance",
-                      {"distance": "class_tvd"}),
+        window_figure(frame, "Mix against the reference", "total variation distance",
+                      {"predicted classes vs validation": "class_tvd", "colour modes vs training": "colour_tvd"}),
         window_figure(frame, "Input size", "px", {"width": "mean_width", "height": "mean_height"},
                       reference={"training width": float(ref.train_width.mean())
                                  if ref is not None and len(ref.train_width) else None}),
+        window_figure(frame, "Brightness", "mean grey level (0-255)", {"brightness": "mean_brightness"},
+                      reference={"training images": float(ref.train_brightness.mean())
+                                 if ref is not None and len(ref.train_brightness) else None}),
     ]
     for row in range(0, len(figures), 2):
         for i, (col, fig) in enumerate(zip(st.columns(2), figures[row:row + 2])):

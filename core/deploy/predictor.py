@@ -23,6 +23,7 @@ from core.data.limits import IngestLimits
 from core.deploy import bundle_predict
 from core.deploy.bundle import OnnxModel
 from core.deploy.predlog import PredictionLog
+from core.deploy.reference import brightness, file_colour_mode
 from core.deploy.registry import Registry
 from core.deploy.saliency import Saliency, saliency
 from core.evaluate.evaluation import best_checkpoint
@@ -108,7 +109,8 @@ class Predictor:
             row = {"model": self.model_name, "version": self.version,
                    "input_sha256": hashlib.sha256(data).hexdigest(), "width": rgb.width, "height": rgb.height,
                    "predicted": top[0][0], "confidence": top[0][1], "top_k": top, "latency_ms": latency,
-                   "embedding": emb, "image": data}  # kept (under the log's cap): a flagged one becomes training data
+                   "embedding": emb, "brightness": brightness(rgb), "colour_mode": file_colour_mode(data),
+                   "image": data}  # kept (under the log's cap): a flagged one becomes training data
             rows.append(row)
             out.append((name, rgb, top, latency))
         ids = self.log.log_many(rows)

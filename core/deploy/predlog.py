@@ -7,7 +7,9 @@ predicted, confidence, top_k (JSON [[class, probability], ...]), latency_ms, emb
 penultimate layer: the next stage measures drift on it), embedding_dim, image (the input's bytes, only when image
 logging is on and the file is under the cap; else NULL), role ("served": the answer the client got; "shadow": a
 challenger's prediction on the same request, logged only) and request_id (shared by a request's served and shadow
-rows). Table `feedback`: id, prediction_id, label, comment, at.
+rows), brightness (the input's mean grey level, 0-255) and colour_mode (RGB, L, RGBA or other, as the file was):
+the monitor compares both with the training images' without keeping the images. Table `feedback`: id,
+prediction_id, label, comment, at.
 Table `model_classes`: each served (model, version)'s class names, so feedback can be checked against them.
 
 A batch of predictions is written in one transaction, so a killed server leaves whole rows or none.
@@ -37,7 +39,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY, at REAL NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
     input_sha256 TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, predicted TEXT NOT NULL,
     confidence REAL NOT NULL, top_k TEXT NOT NULL, latency_ms REAL NOT NULL, embedding BLOB NOT NULL,
-    embedding_dim INTEGER NOT NULL, image BLOB, role TEXT NOT NULL DEFAULT 'served', request_id TEXT);
+    embedding_dim INTEGER NOT NULL, image BLOB, role TEXT NOT NULL DEFAULT 'served', request_id TEXT,
+    brightness REAL, colour_mode TEXT);
 CREATE INDEX IF NOT EXISTS predictions_model_at ON predictions (model, version, at);
 CREATE INDEX IF NOT EXISTS predictions_at ON predictions (at);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -48,9 +51,11 @@ CREATE TABLE IF NOT EXISTS model_classes (
     model TEXT NOT NULL, version INTEGER NOT NULL, classes TEXT NOT NULL, PRIMARY KEY (model, version));
 """
 _COLUMNS = ("id", "at", "model", "version", "input_sha256", "width", "height", "predicted", "confidence",
-            "top_k", "latency_ms", "embedding", "embedding_dim", "image", "role", "request_id")
+            "top_k", "latency_ms", "embedding", "embedding_dim", "image", "role", "request_id", "brightness",
+            "colour_mode")
 ROLES = ("served", "shadow")
-_ADDED = (("role", "TEXT NOT NULL DEFAULT 'served'"), ("request_id", "TEXT"))  # columns a log from before has not
+_ADDED = (("role", "TEXT NOT NULL DEFAULT 'served'"), ("request_id", "TEXT"), ("brightness", "REAL"),
+          ("colour_mode", "TEXT"))  # columns a log from before has not
 _LIGHT = ", ".join(f"p.{c}" for c in _COLUMNS if c not in ("embedding", "image"))
 
 
@@ -201,12 +206,13 @@ class PredictionLog:
             role = str(row.get("role") or "served")
             if role not in ROLES:
                 raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
-            request_id = row.get("request_id")
+            request_id, bright, mode = row.get("request_id"), row.get("brightness"), row.get("colour_mode")
             return (str(row.get("id") or uuid.uuid4().hex), float(row.get("at") or time.time()), str(row["model"]),
                     int(row["version"]), str(row["input_sha256"]), int(row["width"]), int(row["height"]),
                     str(row["predicted"]), float(row["confidence"]), json.dumps(top_k), float(row["latency_ms"]),
                     blob, dim, None if image is None else bytes(image), role,
-                    None if request_id is None else str(request_id))
+                    None if request_id is None else str(request_id), None if bright is None else float(bright),
+                    None if mode is None else str(mode))
         except KeyError as exc:
             raise PredictionLogError(f"a prediction row without its {exc.args[0]!r} field") from None
         except (TypeError, ValueError, IndexError) as exc:

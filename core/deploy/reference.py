@@ -150,6 +150,15 @@ def colour_mode(mode: str) -> str:
     return mode if mode in COLOUR_MODES else "other"
 
 
+def file_colour_mode(data: bytes) -> str:
+    """The colour mode an image file declares (its header only), as COLOUR_MODES counts it."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return colour_mode(im.mode)
+    except Exception:  # noqa: BLE001 - already decoded by the safe loader; a header Pillow misreads is "other"
+        return "other"
+
+
 def _through_model(paths: list[str], prep: dict, run_model: Runner, stats: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"logits": [], "embedding": [], "width": [], "height": [], "brightness": [], "modes": [],
                            "kept": [], "skipped": 0}

@@ -60,6 +60,7 @@ from core.deploy.api import (
 from core.deploy.batching import BatcherStopped, MicroBatcher
 from core.deploy.hotswap import ModelHolder, Served
 from core.deploy.predlog import LabelNotInClasses, PredictionLog, UnknownPrediction
+from core.deploy.reference import brightness, file_colour_mode
 from core.deploy.shadow import Router
 
 TOKEN_ENV = "TRANSFER_STUDIO_API_TOKEN"
@@ -186,7 +187,7 @@ def create_app(config: ServeConfig, registry: Any, ref: str | None = None, log: 
             top = [{"class": served.classes[int(i)], "probability": float(probs[i])} for i in order]
             pid, latency = uuid.uuid4().hex, round(p["ms"] + waited, 3)
             rows.append({"id": pid, "request_id": pid, "model": served.name, "version": served.version,
-                         "input_sha256": p["sha256"],
+                         "input_sha256": p["sha256"], "brightness": p["brightness"], "colour_mode": p["colour_mode"],
                          "width": p["width"], "height": p["height"], "predicted": top[0]["class"],
                          "confidence": top[0]["probability"], "top_k": top, "latency_ms": latency,
                          "embedding": embedding,
@@ -253,7 +254,8 @@ def _shadow_predict(shadow: Served, blobs: list[bytes], served_rows: list[dict],
             rows.append({"role": "shadow", "request_id": served_row["id"], "model": shadow.name,
                          "version": shadow.version, "input_sha256": p["sha256"], "width": p["width"],
                          "height": p["height"], "predicted": top[0]["class"], "confidence": top[0]["probability"],
-                         "top_k": top, "latency_ms": round(p["ms"] + max(0.0, waited), 3), "embedding": embedding})
+                         "top_k": top, "latency_ms": round(p["ms"] + max(0.0, waited), 3), "embedding": embedding,
+                         "brightness": p["brightness"], "colour_mode": p["colour_mode"]})
         log.log_many(rows)
         metrics.predictions.labels(shadow.name, str(shadow.version)).inc(len(rows))
     except Exception:
@@ -348,5 +350,6 @@ def _prepare(served: Served, blobs: list[bytes], max_pixels: int) -> list[dict[s
             raise ApiError(_STATUS.get(code, 422), f"image {i}: {exc}".replace("<bytes>: ", ""), index=i,
                            code=code) from None
         out.append({"input": served.bundle.preprocess(rgb), "width": rgb.width, "height": rgb.height,
-                    "sha256": hashlib.sha256(blob).hexdigest(), "ms": (time.perf_counter() - started) * 1000})
+                    "sha256": hashlib.sha256(blob).hexdigest(), "brightness": brightness(rgb),
+                    "colour_mode": file_colour_mode(blob), "ms": (time.perf_counter() - started) * 1000})
     return out

@@ -6,9 +6,10 @@ window, only the model's "served" rows (what clients got; shadow rows are a chal
   volume, latency p50/p99, mean confidence, share under the low-confidence threshold, predicted-class shares and
   their total variation distance from the validation split's class shares (0 = the same mix, 1 = disjoint),
   mean input width/height (logged for every prediction) as a ratio to the training images', mean brightness and its
-  difference from theirs (only when images are logged: decoded for at most `brightness_sample` rows a window, else
-  left out; the colour mode is not logged, so not compared), and accuracy on the
-  predictions that got feedback (the latest feedback on each counts) with its Wilson 95% interval.
+  difference from theirs (the server logs each input's brightness; for older rows without it, measured on at most
+  `brightness_sample` logged images a window), colour-mode shares and their distance from the training images',
+  and accuracy on the predictions that got feedback (the latest feedback on each counts) with its Wilson 95%
+  interval.
 
 Counts, means, class shares and feedback joins are GROUP BY queries; latency quantiles need the values, so one
 light column (bucket, latency) is read. Embeddings are not read here (window_embeddings does, for drift only).
@@ -51,6 +52,8 @@ class Window:
     width_vs_reference: float | None = None  # mean width / the training images' mean width
     height_vs_reference: float | None = None
     brightness_vs_reference: float | None = None  # mean brightness - the training images' (0-255 levels)
+    colour_shares: dict[str, float] = dataclasses.field(default_factory=dict)  # colour mode -> share (logged)
+    colour_tvd: float | None = None  # total variation distance from the training images' colour modes
     n_labelled: int = 0  # predictions with feedback
     n_correct: int = 0  # ... whose latest feedback agrees with the prediction
     accuracy: float | None = None
@@ -91,7 +94,12 @@ def compute_windows(log: PredictionLog, model: str, bounds: list[tuple[float, fl
     bucket, where, params = _bucket_sql(starts, model, version, since, until)
     rows = {r["b"]: r for r in log.query(
         f"SELECT {bucket} AS b, COUNT(*) AS n, AVG(confidence) AS conf, SUM(confidence < ?) AS low, "
-        f"AVG(width) AS w, AVG(height) AS h FROM predictions p {where} GROUP BY b", [low_confidence, *params])}
+        f"AVG(width) AS w, AVG(height) AS h, AVG(brightness) AS br, COUNT(brightness) AS nbr FROM predictions p "
+        f"{where} GROUP BY b", [low_confidence, *params])}
+    modes: dict[int, dict[str, int]] = {}
+    for r in log.query(f"SELECT {bucket} AS b, colour_mode, COUNT(*) AS n FROM predictions p {where} AND "
+                       "colour_mode IS NOT NULL GROUP BY b, colour_mode", params):
+        modes.setdefault(r["b"], {})[r["colour_mode"]] = r["n"]
     classes: dict[int, dict[str, int]] = {}
     for r in log.query(f"SELECT {bucket} AS b, predicted, COUNT(*) AS n FROM predictions p {where} "
                        "GROUP BY b, predicted", params):
@@ -106,7 +114,9 @@ def compute_windows(log: PredictionLog, model: str, bounds: list[tuple[float, fl
     order = np.argsort(lat_b, kind="stable")
     lat_b, lat_v = lat_b[order], lat_v[order]
     cuts = np.searchsorted(lat_b, np.arange(len(bounds) + 1))
-    bright = _brightness(log, bucket, where, params, brightness_sample)
+    logged = any(r["nbr"] for r in rows.values())  # the server logs each input's brightness; older rows do not
+    bright = {} if logged else _brightness(log, bucket, where, params, brightness_sample)
+    ref_modes = reference.colour_mode_shares if reference is not None else None
     val_shares = reference.val_class_shares if reference is not None else None
     ref_w, ref_h, ref_b = (_mean(a) for a in (reference.train_width, reference.train_height,
                                               reference.train_brightness)) if reference is not None else (None,) * 3
@@ -122,6 +132,10 @@ def compute_windows(log: PredictionLog, model: str, bounds: list[tuple[float, fl
         fb = labelled.get(i)
         n_lab, n_ok = (int(fb["n"]), int(fb["correct"])) if fb is not None else (0, 0)
         b = bright.get(i, [])
+        if r["nbr"]:
+            b = [float(r["br"])] * int(r["nbr"])  # the logged mean, weighted by its count
+        counted = modes.get(i, {})
+        mode_shares = {m: k / sum(counted.values()) for m, k in sorted(counted.items())}
         out.append(Window(
             start, end, n, latency_p50_ms=_q(lat, 50), latency_p99_ms=_q(lat, 99), mean_confidence=float(r["conf"]),
             low_confidence_share=float(r["low"]) / n, class_shares=shares,
@@ -131,6 +145,8 @@ def compute_windows(log: PredictionLog, model: str, bounds: list[tuple[float, fl
             width_vs_reference=float(r["w"]) / ref_w if ref_w else None,
             height_vs_reference=float(r["h"]) / ref_h if ref_h else None,
             brightness_vs_reference=float(np.mean(b)) - ref_b if b and ref_b is not None else None,
+            colour_shares=mode_shares,
+            colour_tvd=total_variation(mode_shares, ref_modes) if mode_shares and ref_modes else None,
             n_labelled=n_lab, n_correct=n_ok, accuracy=n_ok / n_lab if n_lab else None,
             accuracy_ci=wilson_interval(n_ok, n_lab) if n_lab else None))
     return out

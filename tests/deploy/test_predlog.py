@@ -150,7 +150,8 @@ def test_a_killed_writer_leaves_the_log_readable_with_whole_rows(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = conn.execute("SELECT * FROM predictions").fetchall()
+    rows = conn.execute("SELECT id, at, model, version, input_sha256, width, height, predicted, confidence, top_k, "
+                        "latency_ms, embedding, embedding_dim, image, role FROM predictions").fetchall()
     assert len(rows) >= 64 and len(rows) % 16 == 0  # whole batches only
     for row in rows:
         assert all(v is not None for v in row)

@@ -77,6 +77,17 @@ def test_brightness_only_from_logged_images(tmp_path):
     assert w.brightness_vs_reference == pytest.approx(100, abs=1)  # the training images' mean: 100
 
 
+def test_logged_brightness_and_colour_modes_against_the_training_images(tmp_path):
+    log = PredictionLog(str(tmp_path))
+    grey = [{**r, "brightness": 40.0, "colour_mode": "L"} for r in rows(30, T0)]
+    colour = [{**r, "brightness": 100.0, "colour_mode": "RGB"} for r in rows(10, T0 + 40)]
+    log.log_many(grey + colour + rows(5, T0 + 60))  # 5 rows of an older server: neither logged
+    (w,) = compute_windows(log, "pets", window_bounds(T0, T0 + 3600), reference=reference())
+    assert w.n == 45 and w.n_brightness == 40 and w.mean_brightness == pytest.approx(55)
+    assert w.brightness_vs_reference == pytest.approx(-45)
+    assert w.colour_shares == {"L": 0.75, "RGB": 0.25} and w.colour_tvd == pytest.approx(0.75)  # training: all RGB
+
+
 def test_accuracy_uses_the_latest_feedback_and_a_wilson_interval(tmp_path):
     log = PredictionLog(str(tmp_path))
     ids = log.log_many(rows(20, T0))

@@ -32,8 +32,8 @@ def test_with_no_model_the_page_says_how_to_get_one(workspace):  # noqa: F811
 
 @pytest.fixture
 def flagged(deployed):  # noqa: F811
-    """digits v1 as champion; 40 of its predictions on new images logged (with the images), 28 of them flagged
-    with another label: labelled accuracy 30%, far below validation."""
+    """digits v1 as champion; 40 of its predictions on new images (inverted digits: a drift) logged with the
+    images, 28 of them flagged with another label: labelled accuracy 30%, far below validation."""
     ws, run_id, export = deployed
     registry = Registry(os.path.join(ws.root, "registry"))
     registry.register(export.bundle_dir, "digits")
@@ -61,9 +61,10 @@ def test_an_accuracy_alert_the_figures_and_the_feedback_queue(flagged):
     at = open_page(PAGE)
     assert not at.exception, [e.value for e in at.exception]
     said = alerts(at)
-    assert len(said) == 1 and said[0].startswith("**Accuracy** · accuracy on 40 labelled predictions is 30%"), said
+    assert len(said) == 2 and said[0].startswith("**Accuracy** · accuracy on 40 labelled predictions is 30%"), said
     assert "below 90% of the validation figure" in said[0]
-    assert len(at.get("plotly_chart")) == 6
+    assert said[1].startswith("**Drift** · ") and "MMD" in said[1]  # inverted digits: far from the training data
+    assert len(at.get("plotly_chart")) == 7
     assert "12 of 40 predictions" not in texts(at) and "40 of 40 predictions have feedback" in texts(at)
     queue = [b for b in at.button if b.key and b.key.startswith("monitor.confirm.")]
     assert len(queue) == 12  # the 28 flagged, the newest 12 shown
