@@ -40,8 +40,8 @@ st.subheader("In production")
 monitor_parts.figures_section(root, model)
 
 st.subheader("Feedback queue")
-classes = registry.resolve(model).bundle().classes if aliases or registry.versions(model) else ()
-monitor_parts.feedback_queue(root, model, tuple(classes), me.name)
+served = ui.attempt("Reading the served version", lambda: registry.resolve(model).bundle())
+monitor_parts.feedback_queue(root, model, served.classes if served is not None else (), me.name)
 
 st.subheader("Retrain")
 monitor_parts.retrain_section(root, model, tasks, me.name, refusal)

@@ -81,15 +81,14 @@ def _print_report(report) -> None:
 
 
 def _retrain_if_needed(root: str, model: str) -> tuple[dict[str, Any], bool]:
-    """(what happened, whether a retrain failed). The retraining module is imported only here, so monitoring works
-    without it."""
+    """(what happened, whether a retrain failed). Imported here: a plain check never loads the training code."""
+    from core.monitor import retrain as retraining
+
     try:
-        from core.monitor import retrain as retraining
-    except ImportError as exc:
-        message = f"retraining is not available in this installation (core.monitor.retrain: {exc})"
-        print(f"warning: {message}", file=sys.stderr)
-        return {"status": "unavailable", "message": message}, False
-    trigger = retraining.trigger_state(root, model)
+        trigger = retraining.trigger_state(root, model)
+    except USER_ERRORS as exc:  # e.g. the champion's run is not in this workspace: the report still stands
+        print(f"error: cannot decide on a retrain: {exc}", file=sys.stderr)
+        return {"status": "failed", "error": str(exc)}, True
     if not trigger.should_retrain:
         print(f"no retrain: {trigger.sentence()}", file=sys.stderr)
         return {"status": "not needed", "reasons": list(trigger.reasons)}, False

@@ -171,7 +171,8 @@ def test_demo_data_to_a_trained_and_evaluated_model(server):
 
             go(page, "Train", "4 ·")
             expect(page.get_by_text(f"image size {SIZE} · {EPOCHS} epoch")).to_be_visible()
-            page.get_by_role("button", name="Start training").click()
+            # the first page of a cold server can take minutes on two busy cores (a CI run once waited > 60 s here)
+            page.get_by_role("button", name="Start training").click(timeout=3 * MINUTE)
             # live: while the job runs, the progress moves on and the loss chart gains points
             expect(page.get_by_test_id("stMain").get_by_test_id("stProgress")).to_contain_text("step", timeout=MINUTE)
             first_step, first_points = step_of(page), plotted_points(page)

@@ -69,12 +69,13 @@ def test_bad_input_exits_2(workspace, capsys):
     assert "usage" in capsys.readouterr().err
 
 
-def test_retrain_if_needed_without_the_retraining_module(workspace, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "core.monitor.retrain", None)  # importing it now fails
-    assert main(["digits", "--workspace", workspace, "--since", "2h", "--json", "--retrain-if-needed"]) == 0
+def test_retrain_if_needed_says_why_it_cannot_decide_and_keeps_the_report(workspace, capsys):
+    # this workspace's registry holds the model but not its run's split manifest: no new data can be counted
+    assert main(["digits", "--workspace", workspace, "--since", "2h", "--json", "--retrain-if-needed"]) == 1
     captured = capsys.readouterr()
-    assert "retraining is not available" in captured.err
-    assert json.loads(captured.out.strip().splitlines()[-1])["retrain"]["status"] == "unavailable"
+    assert "cannot decide on a retrain" in captured.err and "manifest" in captured.err
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["retrain"]["status"] == "failed" and "windows" in report
 
 
 def test_the_dispatcher_runs_it(workspace):
