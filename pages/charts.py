@@ -152,9 +152,10 @@ def top_k_figure(top_k: Sequence[tuple[str, float]]) -> go.Figure:
 
 def window_figure(frame: pd.DataFrame, title: str, y_title: str, series: Mapping[str, str],
                   band: tuple[str, str] | None = None, reference: Mapping[str, float] | None = None,
-                  percent: bool = False) -> go.Figure:
+                  percent: bool = False, x_range: tuple | None = None) -> go.Figure:
     """Monitoring figures over time windows: one line per `series` (label -> column of `frame`, x = "start"), a
-    shaded interval between the `band` columns, and the validation figures as dashed lines (label -> value)."""
+    shaded interval between the `band` columns, and the validation figures as dashed lines (label -> value);
+    `x_range`: the period checked (else one busy window alone gets an axis of milliseconds)."""
     fig = go.Figure()
     if band is not None and frame[band[0]].notna().any():
         fig.add_trace(go.Scatter(x=list(frame["start"]) + list(frame["start"])[::-1],
@@ -171,4 +172,6 @@ def window_figure(frame: pd.DataFrame, title: str, y_title: str, series: Mapping
     fig.update_layout(**titled(title, **_MARGIN), xaxis_title="window start (UTC)", yaxis_title=y_title, **_LAYOUT)
     if percent:
         fig.update_yaxes(tickformat=".0%")
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
     return fig

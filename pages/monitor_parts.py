@@ -117,6 +117,10 @@ def retrain_section(root: str, model: str, tasks, actor: str, refusal: str) -> N
     from core.monitor.retrain import TriggerRules, retrain, trigger_state
 
     snap = tasks.latest(RETRAIN, model)
+    # drawn on every run, also while a retrain runs: a widget left out of one run loses its value
+    minimum = st.number_input("New labelled images needed", min_value=1, max_value=100_000, value=500, step=50,
+                              key="monitor.min_labels", help="The trigger never retrains on a tiny batch.",
+                              disabled=bool(snap and snap.active))
     if snap is not None and snap.active:
         _task_progress(tasks, snap.task_id, "Retraining")
         return
@@ -128,8 +132,6 @@ def retrain_section(root: str, model: str, tasks, actor: str, refusal: str) -> N
                    f"{r.version}, now **challenger**. Compare it with the champion below before promoting it.")
         for line in r.focus:
             st.caption(ui.md_escape(line))
-    minimum = st.number_input("New labelled images needed", min_value=1, max_value=100_000, value=500, step=50,
-                              key="monitor.min_labels", help="The trigger never retrains on a tiny batch.")
     rules = TriggerRules(min_new_labels=int(minimum))
     trigger = ui.attempt("Reading the retrain trigger", trigger_state, root, model, rules)
     if trigger is None:
@@ -309,22 +311,27 @@ def figures_section(root: str, model: str) -> None:
     frame = pd.DataFrame([{**w.to_dict(), "start": pd.to_datetime(int(w.start * 1000), unit="ms"),
                            "lo": (w.accuracy_ci or (None, None))[0], "hi": (w.accuracy_ci or (None, None))[1]}
                           for w in windows])
+    period_range = (pd.to_datetime(int(report.since * 1000), unit="ms"),
+                    pd.to_datetime(int(report.until * 1000), unit="ms"))
+    def figure(*args, **kwargs):
+        return window_figure(*args, x_range=period_range, **kwargs)
+
     figures = [
-        window_figure(frame, "Requests", "predictions", {"served predictions": "n"}),
-        window_figure(frame, "Latency", "ms", {"p50": "latency_p50_ms", "p99": "latency_p99_ms"}),
-        window_figure(frame, "Confidence", "top probability", {"mean confidence": "mean_confidence"},
+        figure(frame, "Requests", "predictions", {"served predictions": "n"}),
+        figure(frame, "Latency", "ms", {"p50": "latency_p50_ms", "p99": "latency_p99_ms"}),
+        figure(frame, "Confidence", "top probability", {"mean confidence": "mean_confidence"},
                       reference={"validation": ref.mean_confidence if ref else None}),
-        window_figure(frame, "Accuracy on predictions with feedback", "accuracy", {"accuracy": "accuracy"},
+        figure(frame, "Accuracy on predictions with feedback", "accuracy", {"accuracy": "accuracy"},
                       band=("lo", "hi"), percent=True,
                       reference={"validation": ref.val_accuracy if ref else None,
                                  "alert line (90% of validation)": 0.9 * ref.val_accuracy
                                  if ref and ref.val_accuracy is not None else None}),
-        window_figure(frame, "Mix against the reference", "total variation distance",
+        figure(frame, "Mix against the reference", "total variation distance",
                       {"predicted classes vs validation": "class_tvd", "colour modes vs training": "colour_tvd"}),
-        window_figure(frame, "Input size", "px", {"width": "mean_width", "height": "mean_height"},
+        figure(frame, "Input size", "px", {"width": "mean_width", "height": "mean_height"},
                       reference={"training width": float(ref.train_width.mean())
                                  if ref is not None and len(ref.train_width) else None}),
-        window_figure(frame, "Brightness", "mean grey level (0-255)", {"brightness": "mean_brightness"},
+        figure(frame, "Brightness", "mean grey level (0-255)", {"brightness": "mean_brightness"},
                       reference={"training images": float(ref.train_brightness.mean())
                                  if ref is not None and len(ref.train_brightness) else None}),
     ]
